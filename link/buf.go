@@ -65,9 +65,11 @@ func (b *Buf) SetBytes(p []byte) bool {
 
 // InsertAt opens a gap of n bytes at offset off of the frame (e.g. 12, after
 // the MAC addresses) by moving the first off bytes towards the front, and
-// returns the gap. It reports nil if the headroom is exhausted.
+// returns the gap, whose bytes are stale until the caller writes them. It
+// reports nil, leaving b unchanged, if the headroom is exhausted or off or n
+// is out of range.
 func (b *Buf) InsertAt(off, n int) []byte {
-	if n > b.Off || off > b.Len {
+	if off < 0 || n < 0 || n > b.Off || off > b.Len {
 		return nil
 	}
 	copy(b.data[b.Off-n:], b.data[b.Off:b.Off+off])

@@ -6,6 +6,9 @@
 // live migration's pre-copy rounds are built on. Device DMA writes go through
 // the same accessors, so adapter writes are logged like CPU writes.
 //
+// Words: aligned 32- and 64-bit accesses are single-copy atomic (the host is
+// little-endian, so the native word is the little-endian encoding).
+//
 // Concurrency: all methods are safe for concurrent use. Plain accessors give
 // no ordering between goroutines; a producer publishes a descriptor with
 // StoreU32Release on the word holding its generation bit and a consumer reads
@@ -124,6 +127,9 @@ func (m *Memory) U32(pa uint64) uint32 {
 	if !m.InRange(pa, 4) {
 		return 0
 	}
+	if pa&3 == 0 {
+		return load32(unsafe.Pointer(&m.data[pa]))
+	}
 	return binary.LittleEndian.Uint32(m.data[pa:])
 }
 
@@ -131,6 +137,9 @@ func (m *Memory) U32(pa uint64) uint32 {
 func (m *Memory) U64(pa uint64) uint64 {
 	if !m.InRange(pa, 8) {
 		return 0
+	}
+	if pa&7 == 0 {
+		return load64(unsafe.Pointer(&m.data[pa]))
 	}
 	return binary.LittleEndian.Uint64(m.data[pa:])
 }
@@ -161,6 +170,11 @@ func (m *Memory) PutU32(pa uint64, v uint32) bool {
 	if !m.InRange(pa, 4) {
 		return false
 	}
+	if pa&3 == 0 {
+		store32(unsafe.Pointer(&m.data[pa]), v)
+		m.markPage(pa)
+		return true
+	}
 	binary.LittleEndian.PutUint32(m.data[pa:], v)
 	m.markRange(pa, 4)
 	return true
@@ -170,6 +184,11 @@ func (m *Memory) PutU32(pa uint64, v uint32) bool {
 func (m *Memory) PutU64(pa uint64, v uint64) bool {
 	if !m.InRange(pa, 8) {
 		return false
+	}
+	if pa&7 == 0 {
+		store64(unsafe.Pointer(&m.data[pa]), v)
+		m.markPage(pa)
+		return true
 	}
 	binary.LittleEndian.PutUint64(m.data[pa:], v)
 	m.markRange(pa, 8)

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmfex/vmfex/capture"
+	"github.com/vmfex/vmfex/guest"
+	"github.com/vmfex/vmfex/lab"
+	"github.com/vmfex/vmfex/link"
+)
+
+type demoOpts struct {
+	duration  time.Duration
+	json      bool
+	capture   string
+	capHost   string
+	capFrames int
+	rate      uint64
+	frameLen  int
+}
+
+func newDemoCmd() *cobra.Command {
+	var o demoOpts
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Bring up a fabric in this process (1 FI, 2 hosts, 4 VMs on 2 VLANs), run traffic on the direct path, report",
+		Long: `demo builds a Fabric Interconnect with two server ports, two hosts each with
+a VIC adapter, and four VMs whose VMXNET3 vNICs run on the adapters' dynamic
+vNICs (high-performance mode). Every VM sends numbered probes to every other VM
+of its VLAN; the report says, per VM, what was sent, received, lost,
+duplicated and misdelivered.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd.Context(), cmd.OutOrStdout(), o) },
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.duration, "duration", 3*time.Second, "how long traffic runs")
+	f.BoolVar(&o.json, "json", false, "print one JSON object instead of tables")
+	f.StringVar(&o.capture, "capture", "", "write the frames seen on a server port (VN-Tags included) to this pcap file")
+	f.StringVar(&o.capHost, "capture-host", "esx1", "host whose server-port cable --capture taps")
+	f.IntVar(&o.capFrames, "capture-frames", 100000, "stop capturing after this many frames")
+	f.Uint64Var(&o.rate, "rate", 0, "frames per second from each VM to each peer (0 = as fast as the rings allow)")
+	f.IntVar(&o.frameLen, "frame-size", 64, "frame size in bytes, without FCS (64..1518)")
+	return cmd
+}
+
+// demoVM is one VM's line of the report.
+type demoVM struct {
+	Name         string  `json:"name"`
+	Host         string  `json:"host"`
+	VEth         string  `json:"veth"`
+	Vif          uint16  `json:"vif"`
+	VLAN         uint16  `json:"vlan"`
+	Mode         string  `json:"mode"`
+	Sent         uint64  `json:"frames_sent"`
+	Received     uint64  `json:"frames_received"`
+	Lost         int64   `json:"frames_lost"`
+	Duplicated   uint64  `json:"frames_duplicated"`
+	Misdelivered uint64  `json:"frames_misdelivered"`
+	RxPPS        float64 `json:"rx_pps"`
+	LatencyAvgUs float64 `json:"latency_avg_us"`
+	LatencyMaxUs float64 `json:"latency_max_us"`
+}
+
+type demoReport struct {
+	DurationS    float64  `json:"duration_s"`
+	FrameSize    int      `json:"frame_size"`
+	Sent         uint64   `json:"frames_sent"`
+	Received     uint64   `json:"frames_received"`
+	Lost         int64    `json:"frames_lost"`
+	Duplicated   uint64   `json:"frames_duplicated"`
+	Misdelivered uint64   `json:"frames_misdelivered"`
+	Reordered    uint64   `json:"frames_reordered"`
+	DirectPPS    float64  `json:"direct_pps"`
+	FIDrops      uint64   `json:"fi_policy_drops"`
+	Capture      string   `json:"capture,omitempty"`
+	Captured     uint64   `json:"frames_captured,omitempty"`
+	VMs          []demoVM `json:"vms"`
+}
+
+func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if o.frameLen < guest.MinTrafficFrameLen || o.frameLen > guest.MaxTrafficFrameLen {
+		return fmt.Errorf("--frame-size %d: must be %d..%d bytes", o.frameLen, guest.MinTrafficFrameLen, guest.MaxTrafficFrameLen)
+	}
+	if o.duration <= 0 {
+		return fmt.Errorf("--duration %v: must be positive, e.g. 3s", o.duration)
+	}
+	topo := lab.DemoTopology()
+	topo.Traffic = lab.TrafficSpec{FrameLen: o.frameLen, Rate: o.rate}
+
+	var capW *capture.Writer
+	if o.capture != "" {
+		f, err := os.Create(o.capture)
+		if err != nil {
+			return fmt.Errorf("--capture: %w", err)
+		}
+		defer f.Close()
+		capW, err = capture.NewWriter(f, 65535)
+		if err != nil {
+			return err
+		}
+		capW.SetMaxFrames(uint64(o.capFrames))
+		found := false
+		for _, h := range topo.Hosts {
+			found = found || h.Name == o.capHost
+		}
+		if !found {
+			return fmt.Errorf("--capture-host %q: no such host in the demo (esx1, esx2)", o.capHost)
+		}
+		topo.Tap = func(host string) link.TapFunc {
+			if host != o.capHost {
+				return nil
+			}
+			return func(_ bool, frame []byte) { _ = capW.WriteFrame(time.Now(), frame) }
+		}
+	}
+
+	l, err := lab.Build(topo)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Start(); err != nil {
+		return err
+	}
+	if !o.json {
+		fmt.Fprintf(out, "fabric up: FI %s, %d hosts, %d VMs on the direct path; traffic for %v\n",
+			topo.FI, len(l.Hosts()), len(l.VMs()), o.duration)
+	}
+	start := time.Now()
+	l.StartTraffic()
+	select {
+	case <-time.After(o.duration):
+	case <-ctx.Done():
+	}
+	l.StopTraffic()
+	elapsed := time.Since(start)
+	atStop := l.Stats()
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	drainErr := l.Drain(dctx, 3*time.Second)
+
+	rep := buildReport(l, atStop, l.Stats(), elapsed, o)
+	if capW != nil {
+		_ = capW.Close()
+		rep.Capture = o.capture
+		rep.Captured = capW.Stats().Captured
+	}
+	if o.json {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printReport(out, rep)
+	}
+	if drainErr != nil && rep.Lost != 0 {
+		return fmt.Errorf("%d frames lost: %w", rep.Lost, drainErr)
+	}
+	if rep.Duplicated != 0 || rep.Misdelivered != 0 {
+		return fmt.Errorf("invariant broken: %d duplicated, %d misdelivered", rep.Duplicated, rep.Misdelivered)
+	}
+	return nil
+}
+
+func buildReport(l *lab.Lab, atStop, final map[uint32]guest.TrafficStats, elapsed time.Duration, o demoOpts) demoReport {
+	sum := guest.Reconcile(final)
+	stopSum := guest.Reconcile(atStop)
+	secs := elapsed.Seconds()
+	rep := demoReport{
+		DurationS: secs, FrameSize: o.frameLen,
+		Sent: sum.Sent, Received: sum.Unique, Lost: sum.Lost, Duplicated: sum.Duplicated,
+		Misdelivered: sum.Misdelivered, Reordered: sum.Reordered,
+		DirectPPS: float64(stopSum.Unique) / secs,
+	}
+	fiStats := l.FI.Stats()
+	rep.FIDrops = fiStats.Drops.Total()
+	lostTo := map[uint32]int64{}
+	for _, p := range sum.Pairs {
+		lostTo[p.Dst] += p.Lost
+	}
+	for _, vm := range l.VMs() {
+		st := final[vm.ID()]
+		rx := atStop[vm.ID()].Received.Unique
+		rep.VMs = append(rep.VMs, demoVM{
+			Name: vm.Name(), Host: vm.Host.Name, VEth: fmt.Sprintf("Veth%d", vm.VEth), Vif: vm.Vif,
+			VLAN: vm.VLAN, Mode: vm.Mode().String(),
+			Sent: st.Sent.Frames, Received: st.Received.Unique, Lost: lostTo[vm.ID()],
+			Duplicated: st.Received.Duplicates, Misdelivered: st.Misdelivered,
+			RxPPS:        float64(rx) / secs,
+			LatencyAvgUs: float64(st.Received.Latency.Mean()) / 1e3,
+			LatencyMaxUs: float64(st.Received.Latency.Max) / 1e3,
+		})
+	}
+	sort.SliceStable(rep.VMs, func(i, j int) bool { return rep.VMs[i].Name < rep.VMs[j].Name })
+	return rep
+}
+
+func printReport(out io.Writer, r demoReport) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nVM\tHOST\tVETH\tVIF\tVLAN\tMODE\tSENT\tRECEIVED\tLOST\tDUP\tMISDELIV\tRX-PPS\tLAT-AVG\tLAT-MAX")
+	for _, v := range r.VMs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%.0f\t%.1fus\t%.1fus\n",
+			v.Name, v.Host, v.VEth, v.Vif, v.VLAN, v.Mode, v.Sent, v.Received, v.Lost, v.Duplicated,
+			v.Misdelivered, v.RxPPS, v.LatencyAvgUs, v.LatencyMaxUs)
+	}
+	fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t%d\t%d\t%d\t%d\t%d\t%.0f\t\t\n", r.Sent, r.Received, r.Lost, r.Duplicated, r.Misdelivered, r.DirectPPS)
+	tw.Flush()
+	fmt.Fprintf(out, "\n%d-byte frames for %.2fs: direct path %.0f frames/s VM to VM through the FI; %d reordered; %d FI policy drops\n",
+		r.FrameSize, r.DurationS, r.DirectPPS, r.Reordered, r.FIDrops)
+	if r.Capture != "" {
+		fmt.Fprintf(out, "captured %d frames of the server port to %s (tshark -r %s -Y vntag)\n", r.Captured, r.Capture, r.Capture)
+	}
+	if r.Lost == 0 && r.Duplicated == 0 && r.Misdelivered == 0 {
+		fmt.Fprintln(out, "exactly once: 0 lost, 0 duplicated, 0 misdelivered")
+	}
+}

@@ -1,0 +1,28 @@
+// Package fabric is the Fabric Interconnect (FI): it terminates the VN-Tags
+// of VM-FEX adapters, gives every dynamic vNIC a virtual Ethernet interface
+// (vEth) governed by a port profile, learns MAC addresses per VLAN and
+// switches frames between vEths and 802.1Q uplinks.
+//
+// # Goroutines
+//
+// New starts none. Start starts one reader per port (FI.portReader), which
+// receives a batch, runs every frame through the stages listed in
+// datapath.go and sends the results before it reads again, and one MAC
+// aging ticker (FI.ager). A port added after Start gets its reader at once.
+// Close stops them all and waits for them.
+//
+// # Concurrency
+//
+// Every exported method of FI is safe for concurrent use, including while
+// traffic flows. Configuration methods (SetPortProfile, CreateVEth,
+// RebindVEth, ...) serialise on one mutex and publish an immutable snapshot
+// that the readers load once per batch, so a change applies to whole batches.
+// The learned MAC table is the only table the data path writes; it is sharded
+// under read-write locks with atomic entries. Counters are atomics and may be
+// read at any time.
+//
+// Lock order: FI.mu, then FI.progMu, then a port's txMu; MAC table shard
+// locks are leaves. VifProgrammer methods are called with only progMu held,
+// so a programmer may read from the FI but must not call its configuration
+// methods synchronously.
+package fabric

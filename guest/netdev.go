@@ -1,0 +1,37 @@
+// Package guest is the software guest of a VM: its VMXNET3 driver, the
+// workloads that run on it, and the vCPU loop that runs both. Everything a
+// guest program remembers lives in its guest memory (guest/mem), so copying
+// the memory and the small vCPU state moves the running program.
+package guest
+
+import "github.com/vmfex/vmfex/wire"
+
+// NetDev is what a workload sees of its NIC driver, as a guest network stack
+// sees a netdev. Its methods run on the vCPU goroutine only.
+type NetDev interface {
+	// MAC returns the vNIC's current MAC address.
+	MAC() wire.MAC
+	// TxReserve returns the guest-physical address and size of the buffer
+	// for the next frame to transmit; ok is false while the tx ring is full.
+	// The workload writes the frame there, then calls TxCommit.
+	TxReserve() (pa uint64, size int, ok bool)
+	// TxCommit posts the frame of n bytes written at the reserved buffer.
+	// The doorbell may be deferred until the end of the vCPU step.
+	TxCommit(n int)
+}
+
+// Workload is a guest program driven by the vCPU. Its whole state lives in
+// guest memory; a Workload value holds only where that state is and
+// immutable configuration, so a new value over a copy of the memory resumes
+// the same program.
+type Workload interface {
+	// Receive handles one received frame of n bytes at guest address pa.
+	// now is the guest clock in nanoseconds. It may transmit (e.g. a reply)
+	// through dev; when the tx ring is full it drops and counts that reply.
+	Receive(dev NetDev, pa uint64, n int, now int64)
+	// Step does the workload's own work (e.g. transmit at its rate) and
+	// returns the guest time at which it next has work, or 0 if it only
+	// reacts to received frames. A Step that stopped because the tx ring
+	// was full returns now: the vCPU calls it again after tx completions.
+	Step(dev NetDev, now int64) (next int64)
+}

@@ -1,0 +1,481 @@
+// Package vic is the virtual interface card: a server adapter presenting
+// many dynamic vNICs, each with the VMXNET3 personality, whose frames leave
+// on the adapter's uplink to the Fabric Interconnect tagged with a VN-Tag
+// naming the vNIC's vif.
+//
+// Data path (direct, "high-performance" mode):
+//
+//	tx  1. the guest writes TXPROD in the vNIC's BAR0: no hypervisor; the
+//	       doorbell queues the vNIC on the adapter's tx engine
+//	    2. the tx engine reads descriptors and buffers straight out of
+//	       guest memory (vmxnet3.Device.ProcessTx) into link buffers
+//	    3. it pushes an 802.1Q tag (the vif's default VLAN, or the tag the
+//	       descriptor asked for) and a VN-Tag (d=0, svif=vif) in place
+//	    4. the batch goes out on the uplink; completions are written and the
+//	       guest's interrupt raised after the send
+//	rx  1. the rx engine reads batches from the uplink
+//	    2. a frame must carry a VN-Tag with d=1; its dvif selects the vNIC
+//	    3. the VN-Tag is stripped, and the 802.1Q tag when it is the vif's
+//	       default VLAN
+//	    4. the frame is written straight into the guest's rx buffers and
+//	       the guest's interrupt raised; with no buffers posted the engine
+//	       holds the frame until the guest refills (lossless)
+//
+// Goroutines: Start runs one tx engine and one rx engine per adapter.
+// All exported methods are safe for concurrent use.
+package vic
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmfex/vmfex/guest/mem"
+	"github.com/vmfex/vmfex/link"
+	"github.com/vmfex/vmfex/vmxnet3"
+	"github.com/vmfex/vmfex/wire"
+)
+
+// DefaultMaxVNICs is the dynamic vNIC pool of one adapter.
+const DefaultMaxVNICs = 256
+
+// Config configures an adapter.
+type Config struct {
+	Name     string    // e.g. "host1/adapter1"
+	Uplink   link.Port // cable to the FI's server port
+	MaxVNICs int       // size of the dynamic vNIC pool (DefaultMaxVNICs if 0)
+	Logger   *slog.Logger
+}
+
+// Errors.
+var (
+	ErrPoolExhausted = errors.New("vic: no free dynamic vNIC on this adapter")
+	ErrVifInUse      = errors.New("vic: vif already in use on this adapter")
+	ErrBadVif        = errors.New("vic: vif must be 1..4095")
+	ErrNoVNIC        = errors.New("vic: no such vNIC")
+	ErrClosed        = errors.New("vic: adapter closed")
+)
+
+// Adapter is one VIC with its uplink and dynamic vNIC pool.
+type Adapter struct {
+	name   string
+	uplink link.Port
+	max    int
+	log    *slog.Logger
+
+	mu    sync.Mutex // guards vnics writes and lifecycle
+	vnics atomic.Pointer[map[uint16]*VNIC]
+
+	ready  chan *VNIC // vNICs with a pending tx doorbell; cap = pool size
+	done   chan struct{}
+	closed atomic.Bool
+	wg     sync.WaitGroup
+
+	drops AdapterDrops
+}
+
+// AdapterDrops counts frames from the uplink that no vNIC could take.
+type AdapterDrops struct {
+	BadVNTag   atomic.Uint64 // missing VN-Tag, wrong direction, malformed
+	UnknownVif atomic.Uint64 // dvif names no vNIC here
+	VifList    atomic.Uint64 // p=1 (vif lists) not used on this adapter
+	LoopedSelf atomic.Uint64 // looped frame whose dvif is its own svif
+	TxTagFail  atomic.Uint64 // no headroom for tags (never expected)
+}
+
+// New returns an adapter; Start runs its engines.
+func New(cfg Config) *Adapter {
+	if cfg.MaxVNICs <= 0 {
+		cfg.MaxVNICs = DefaultMaxVNICs
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Adapter{
+		name:   cfg.Name,
+		uplink: cfg.Uplink,
+		max:    cfg.MaxVNICs,
+		log:    log.With("component", "vic", "adapter", cfg.Name),
+		ready:  make(chan *VNIC, cfg.MaxVNICs+1),
+		done:   make(chan struct{}),
+	}
+	empty := map[uint16]*VNIC{}
+	a.vnics.Store(&empty)
+	return a
+}
+
+// Name returns the adapter's name.
+func (a *Adapter) Name() string { return a.name }
+
+// Drops returns the adapter-level drop counters.
+func (a *Adapter) Drops() *AdapterDrops { return &a.drops }
+
+// Start starts the tx and rx engines.
+func (a *Adapter) Start() {
+	a.wg.Add(2)
+	go a.txEngine()
+	go a.rxEngine()
+}
+
+// Close stops the engines and closes the uplink. Idempotent.
+func (a *Adapter) Close() error {
+	if a.closed.Swap(true) {
+		return nil
+	}
+	close(a.done)
+	err := a.uplink.Close()
+	a.wg.Wait()
+	return err
+}
+
+// CreateVNIC takes a dynamic vNIC from the pool for vif, presenting a
+// VMXNET3 device with permanent MAC mac over guest memory m. Interrupts go
+// to sink. The guest drives it through the vNIC's BAR0 and BAR1.
+func (a *Adapter) CreateVNIC(vif uint16, mac wire.MAC, m *mem.Memory, sink vmxnet3.InterruptSink) (*VNIC, error) {
+	if vif == 0 || vif > wire.MaxSVIF {
+		return nil, fmt.Errorf("%w (got %d)", ErrBadVif, vif)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed.Load() {
+		return nil, ErrClosed
+	}
+	cur := *a.vnics.Load()
+	if _, ok := cur[vif]; ok {
+		return nil, fmt.Errorf("%w: vif %d on %s", ErrVifInUse, vif, a.name)
+	}
+	if len(cur) >= a.max {
+		return nil, fmt.Errorf("%w: %s has all %d in use", ErrPoolExhausted, a.name, a.max)
+	}
+	v := &VNIC{vif: vif, mac: mac, adapter: a}
+	v.dev = vmxnet3.New(m, sink, mac, v.doorbell)
+	next := make(map[uint16]*VNIC, len(cur)+1)
+	for k, x := range cur {
+		next[k] = x
+	}
+	next[vif] = v
+	a.vnics.Store(&next)
+	a.log.Info("dynamic vNIC created", "vif", vif, "mac", mac.String())
+	return v, nil
+}
+
+// DeleteVNIC returns vif's vNIC to the pool; its device is quiesced.
+func (a *Adapter) DeleteVNIC(vif uint16) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur := *a.vnics.Load()
+	v, ok := cur[vif]
+	if !ok {
+		return fmt.Errorf("%w: vif %d on %s", ErrNoVNIC, vif, a.name)
+	}
+	v.deleted.Store(true)
+	v.dev.Quiesce()
+	next := make(map[uint16]*VNIC, len(cur))
+	for k, x := range cur {
+		if k != vif {
+			next[k] = x
+		}
+	}
+	a.vnics.Store(&next)
+	a.log.Info("dynamic vNIC deleted", "vif", vif)
+	return nil
+}
+
+// VNIC returns the vNIC bound to vif.
+func (a *Adapter) VNIC(vif uint16) (*VNIC, bool) {
+	v, ok := (*a.vnics.Load())[vif]
+	return v, ok
+}
+
+// VNICs returns the vNICs sorted by vif.
+func (a *Adapter) VNICs() []*VNIC {
+	cur := *a.vnics.Load()
+	out := make([]*VNIC, 0, len(cur))
+	for _, v := range cur {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].vif < out[j].vif })
+	return out
+}
+
+// Free returns how many dynamic vNICs are free.
+func (a *Adapter) Free() int { return a.max - len(*a.vnics.Load()) }
+
+// SetVifVLAN programs the VLAN the adapter tags vif's untagged frames with
+// and strips on the way down (0: none). The FI calls it through its
+// VifProgrammer when a vEth's port profile changes.
+func (a *Adapter) SetVifVLAN(vif, vlan uint16) {
+	if v, ok := a.VNIC(vif); ok {
+		v.defaultVLAN.Store(uint32(vlan))
+	}
+}
+
+// UplinkStats returns the uplink's counters.
+func (a *Adapter) UplinkStats() link.PortStats { return a.uplink.Stats() }
+
+// txBatch is the tx engine's batch size (frames per ProcessTx).
+const txBatch = 64
+
+// txEngine serves tx doorbells: one batch per ready vNIC in turn, so one
+// busy guest cannot starve the others.
+func (a *Adapter) txEngine() {
+	defer a.wg.Done()
+	bufs := make([]*link.Buf, txBatch)
+	views := make([][]byte, txBatch)
+	lens := make([]int, txBatch)
+	metas := make([]vmxnet3.TxMeta, txBatch)
+	for i := range bufs {
+		bufs[i] = link.Get()
+	}
+	defer func() { link.ReleaseAll(bufs) }()
+	var sendErr error
+	for {
+		var v *VNIC
+		select {
+		case v = <-a.ready:
+		case <-a.done:
+			return
+		}
+		// Clear before processing: a doorbell that arrives meanwhile queues
+		// the vNIC again, so no doorbell is lost.
+		v.queued.Store(false)
+		if v.deleted.Load() {
+			continue
+		}
+		for i := range bufs {
+			views[i] = bufs[i].Space()[:link.MaxFrame]
+		}
+		n := v.dev.ProcessTx(0, views, lens, metas, func(n int) {
+			sendErr = a.sendUp(v, bufs[:n], lens, metas)
+		})
+		if sendErr == link.ErrClosed {
+			return
+		}
+		if n > 0 {
+			// More may be waiting; take another turn after the others.
+			v.doorbell(vmxnet3.DoorbellTx, 0)
+		}
+	}
+}
+
+// sendUp tags and sends one gathered batch; it replaces the buffers it gave
+// away with fresh ones.
+func (a *Adapter) sendUp(v *VNIC, bufs []*link.Buf, lens []int, metas []vmxnet3.TxMeta) error {
+	vlan := uint16(v.defaultVLAN.Load())
+	tag := wire.VNTag{SVIF: v.vif}
+	var bytes uint64
+	for i, b := range bufs {
+		b.Off, b.Len = link.Headroom, lens[i]
+		f := b.Bytes()
+		tagged := len(f) >= 14 && f[12] == 0x81 && f[13] == 0x00
+		switch {
+		case metas[i].TI && !tagged:
+			// The descriptor asked for 802.1Q insertion (spec §4.2 ti/tci).
+			wire.PutVLANTag(b.InsertAt(12, wire.VLANTagLen), metas[i].TCI)
+		case vlan != 0 && !tagged:
+			wire.PutVLANTag(b.InsertAt(12, wire.VLANTagLen), wire.TCI(0, vlan))
+		}
+		gap := b.InsertAt(12, wire.VNTagLen)
+		if gap == nil {
+			a.drops.TxTagFail.Add(1)
+			continue
+		}
+		wire.PutVNTag(gap, tag)
+		bytes += uint64(lens[i])
+	}
+	n, err := a.uplink.Send(bufs)
+	for i := 0; i < n; i++ {
+		bufs[i] = link.Get()
+	}
+	v.stats.txFrames.Add(uint64(n))
+	v.stats.txBytes.Add(bytes)
+	if err != nil {
+		v.stats.txDropped.Add(uint64(len(bufs) - n))
+	}
+	return err
+}
+
+// rxEngine takes frames from the uplink into the vNICs' rx rings.
+func (a *Adapter) rxEngine() {
+	defer a.wg.Done()
+	batch := max(a.uplink.BatchSize(), 1)
+	bufs := make([]*link.Buf, batch)
+	frames := make([][]byte, 0, batch)
+	var h wire.FabricHeader
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-a.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		n, err := a.uplink.Recv(bufs)
+		if err != nil {
+			return
+		}
+		vnics := *a.vnics.Load()
+		var cur *VNIC
+		frames = frames[:0]
+		for i := 0; i < n; i++ {
+			b := bufs[i]
+			v := a.classify(vnics, b, &h)
+			if v == nil {
+				continue
+			}
+			if v != cur && len(frames) > 0 {
+				if !a.deliver(ctx, cur, frames) {
+					link.ReleaseAll(bufs[:n])
+					return
+				}
+				frames = frames[:0]
+			}
+			cur = v
+			frames = append(frames, b.Bytes())
+		}
+		if len(frames) > 0 && !a.deliver(ctx, cur, frames) {
+			link.ReleaseAll(bufs[:n])
+			return
+		}
+		link.ReleaseAll(bufs[:n])
+	}
+}
+
+// classify checks a downstream frame's VN-Tag, strips tags in place and
+// returns the vNIC it goes to (nil: dropped and counted).
+func (a *Adapter) classify(vnics map[uint16]*VNIC, b *link.Buf, h *wire.FabricHeader) *VNIC {
+	if err := wire.ParseFabric(b.Bytes(), h); err != nil || !h.HasVNTag || !h.VNTag.FromBridge {
+		a.drops.BadVNTag.Add(1)
+		return nil
+	}
+	if h.VNTag.Pointer {
+		a.drops.VifList.Add(1)
+		return nil
+	}
+	v, ok := vnics[h.VNTag.DVIF]
+	if !ok || v.deleted.Load() {
+		a.drops.UnknownVif.Add(1)
+		return nil
+	}
+	if h.VNTag.Looped && h.VNTag.SVIF == h.VNTag.DVIF {
+		// Source pruning (protocols.md §1.2): never back to the sender.
+		a.drops.LoopedSelf.Add(1)
+		return nil
+	}
+	b.RemoveAt(12, wire.VNTagLen)
+	if h.HasVLAN && h.VID() == uint16(v.defaultVLAN.Load()) {
+		b.RemoveAt(12, wire.VLANTagLen)
+	}
+	return v
+}
+
+// deliver writes frames into v's rx ring, waiting for the guest to post
+// buffers when it has none. It returns false when the adapter is closing.
+func (a *Adapter) deliver(ctx context.Context, v *VNIC, frames [][]byte) bool {
+	for len(frames) > 0 {
+		r := v.dev.DeliverBatch(0, frames)
+		var bytes uint64
+		for _, f := range frames[:r.Written] {
+			bytes += uint64(len(f))
+		}
+		v.stats.rxFrames.Add(uint64(r.Written))
+		v.stats.rxBytes.Add(bytes)
+		if d := r.Consumed - r.Written; d > 0 {
+			v.stats.rxDropped.Add(uint64(d))
+		}
+		frames = frames[r.Consumed:]
+		if !r.Full {
+			continue
+		}
+		v.stats.rxWaits.Add(1)
+		select {
+		case <-v.dev.RxSpace(0):
+		case <-ctx.Done():
+			return false
+		}
+		if v.deleted.Load() {
+			v.stats.rxDropped.Add(uint64(len(frames)))
+			return true
+		}
+	}
+	return true
+}
+
+// VNIC is one dynamic vNIC: a VMXNET3 device and its vif.
+type VNIC struct {
+	vif         uint16
+	mac         wire.MAC
+	adapter     *Adapter
+	dev         *vmxnet3.Device
+	defaultVLAN atomic.Uint32
+	queued      atomic.Bool // on the adapter's ready queue
+	deleted     atomic.Bool
+	stats       vnicStats
+}
+
+type vnicStats struct {
+	txFrames, txBytes atomic.Uint64
+	rxFrames, rxBytes atomic.Uint64
+	txDropped         atomic.Uint64
+	rxDropped         atomic.Uint64
+	rxWaits           atomic.Uint64
+}
+
+// VNICStats are a vNIC's counters as the adapter sees them.
+type VNICStats struct {
+	TxFrames, TxBytes uint64 // sent up the uplink
+	RxFrames, RxBytes uint64 // written into guest buffers
+	TxDropped         uint64 // lost because the uplink closed
+	RxDropped         uint64 // rejected by the device (filters, inactive, errors)
+	RxWaits           uint64 // times the adapter waited for guest rx buffers
+}
+
+// Stats returns the vNIC's counters.
+func (v *VNIC) Stats() VNICStats {
+	return VNICStats{
+		TxFrames: v.stats.txFrames.Load(), TxBytes: v.stats.txBytes.Load(),
+		RxFrames: v.stats.rxFrames.Load(), RxBytes: v.stats.rxBytes.Load(),
+		TxDropped: v.stats.txDropped.Load(), RxDropped: v.stats.rxDropped.Load(),
+		RxWaits: v.stats.rxWaits.Load(),
+	}
+}
+
+// Vif returns the vNIC's vif.
+func (v *VNIC) Vif() uint16 { return v.vif }
+
+// MAC returns the vNIC's permanent MAC.
+func (v *VNIC) MAC() wire.MAC { return v.mac }
+
+// DefaultVLAN returns the VLAN programmed for the vif.
+func (v *VNIC) DefaultVLAN() uint16 { return uint16(v.defaultVLAN.Load()) }
+
+// Device returns the vNIC's VMXNET3 device model.
+func (v *VNIC) Device() *vmxnet3.Device { return v.dev }
+
+// BAR0 is the vNIC's pass-through register window: in direct mode the guest
+// writes doorbells here with no hypervisor in between.
+func (v *VNIC) BAR0() vmxnet3.BAR { return v.dev.BAR0() }
+
+// BAR1 is the vNIC's control register window; the hypervisor fronts it.
+func (v *VNIC) BAR1() vmxnet3.BAR { return v.dev.BAR1() }
+
+// doorbell queues the vNIC on the tx engine; it never blocks (the ready
+// channel holds every vNIC once).
+func (v *VNIC) doorbell(kind vmxnet3.DoorbellKind, _ int) {
+	if kind != vmxnet3.DoorbellTx {
+		return
+	}
+	if !v.queued.Swap(true) {
+		select {
+		case v.adapter.ready <- v:
+		case <-v.adapter.done:
+		}
+	}
+}
