@@ -63,7 +63,7 @@ func ParseDropReason(s string) (DropReason, bool) {
 type DropCounts [NumDropReasons]uint64
 
 // Total returns the sum over all reasons.
-func (d *DropCounts) Total() uint64 {
+func (d DropCounts) Total() uint64 {
 	var t uint64
 	for _, n := range d {
 		t += n

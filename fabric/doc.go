@@ -21,8 +21,9 @@
 // under read-write locks with atomic entries. Counters are atomics and may be
 // read at any time.
 //
-// Lock order: FI.mu, then FI.progMu, then a port's txMu; MAC table shard
+// Lock order: FI.progMu, then FI.mu; a port's txMu and the MAC table shard
 // locks are leaves. VifProgrammer methods are called with only progMu held,
-// so a programmer may read from the FI but must not call its configuration
-// methods synchronously.
+// in configuration order, so a programmer may call the FI's read methods
+// (VEths, MACTable, ...) but must not call its configuration methods
+// synchronously.
 package fabric

@@ -117,9 +117,11 @@ type FI struct {
 	slots      []*veth                 // guarded by mu: MAC table slot -> vEth
 	freeSlots  []uint32                // guarded by mu
 	nextInc    uint32                  // guarded by mu: last incarnation given
+	progQueue  []progAction            // guarded by mu: VifProgrammer calls to make, in order
 
-	// progMu orders VifProgrammer calls; taken while holding mu, which is
-	// then released before the calls (see unlockAndProgram).
+	// progMu is held while VifProgrammer calls are made, so that they are
+	// made one at a time in queue order (see unlockAndProgram). It is never
+	// acquired while holding mu.
 	progMu sync.Mutex
 }
 

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/fabric/fabrictest"
+	"github.com/vmfex/vmfex/internal/testutil"
 	"github.com/vmfex/vmfex/link"
 	"github.com/vmfex/vmfex/wire"
 )
@@ -817,5 +819,76 @@ func TestDropReasonNames(t *testing.T) {
 	d[fabric.DropMACForged] = 3
 	if b, _ := d.MarshalJSON(); string(b) != `{"mac-forged":3}` {
 		t.Errorf("DropCounts JSON = %s", b)
+	}
+}
+
+// readingProg is a VifProgrammer that reads the FI from inside its calls,
+// as an adapter agent reporting state might.
+type readingProg struct {
+	fi *fabric.FI
+	mu sync.Mutex
+	n  int // guarded by mu: calls
+}
+
+func (p *readingProg) ProgramVif(vif uint16, cfg fabric.VifConfig) { p.read() }
+func (p *readingProg) RemoveVif(vif uint16)                        { p.read() }
+func (p *readingProg) read() {
+	p.fi.VEths()
+	p.fi.MACTable(0)
+	p.fi.PortProfiles()
+	p.mu.Lock()
+	p.n++
+	p.mu.Unlock()
+}
+
+// TestProgrammerMayReadFI checks that a VifProgrammer reading the FI while
+// other goroutines configure it does not deadlock, and that every call is
+// made before the configuration call returns.
+func TestProgrammerMayReadFI(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	f := fabric.New(fabric.Config{})
+	defer f.Close()
+	prog := &readingProg{fi: f}
+	fiSide, far := link.NewMemCable(0)
+	defer far.Close()
+	if err := f.AddServerPort("Ethernet1/1", fiSide, prog); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetPortProfile(fabric.PortProfile{Name: "web", AccessVLAN: 10}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 50 {
+					id := uint32(g*100 + i + 1)
+					if err := f.CreateVEth(fabric.VEthConfig{ID: id, ServerPort: "Ethernet1/1", VIF: uint16(id), MAC: mac(int(id)), Profile: "web"}); err != nil {
+						t.Error(err)
+					}
+					if err := f.SetPortProfile(fabric.PortProfile{Name: "web", AccessVLAN: uint16(10 + i%2)}); err != nil {
+						t.Error(err)
+					}
+					if err := f.DeleteVEth(id); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(settleTimeout):
+		t.Fatal("configuration with a reading VifProgrammer deadlocked")
+	}
+	prog.mu.Lock()
+	defer prog.mu.Unlock()
+	if prog.n < 4*50*2 {
+		t.Errorf("%d programmer calls, want at least %d", prog.n, 4*50*2)
 	}
 }

@@ -100,25 +100,33 @@ type progAction struct {
 	cfg    VifConfig
 }
 
-// unlockAndProgram releases f.mu and makes the calls in acts in order. It
-// takes progMu before releasing mu, so programmers see calls in the order
-// the configuration changed.
+// unlockAndProgram queues acts, releases f.mu and makes every queued call
+// in the order the configuration changed. When it returns, acts have been
+// made, by this goroutine or by another one that was draining the queue.
 func (f *FI) unlockAndProgram(acts []progAction) {
+	f.progQueue = append(f.progQueue, acts...)
+	f.mu.Unlock()
 	if len(acts) == 0 {
-		f.mu.Unlock()
 		return
 	}
 	f.progMu.Lock()
-	f.mu.Unlock()
 	defer f.progMu.Unlock()
-	for _, a := range acts {
-		if a.prog == nil {
-			continue
+	for {
+		f.mu.Lock()
+		batch := f.progQueue
+		f.progQueue = nil
+		f.mu.Unlock()
+		if len(batch) == 0 {
+			return
 		}
-		if a.remove {
-			a.prog.RemoveVif(a.vif)
-		} else {
-			a.prog.ProgramVif(a.vif, a.cfg)
+		for _, a := range batch {
+			switch {
+			case a.prog == nil:
+			case a.remove:
+				a.prog.RemoveVif(a.vif)
+			default:
+				a.prog.ProgramVif(a.vif, a.cfg)
+			}
 		}
 	}
 }

@@ -35,6 +35,8 @@ import (
 //	24 u64 tx full       replies dropped because the tx ring was full
 //	32 u64 tx too small  replies dropped because the tx buffer was too short
 //	40 u64 ignored       frames not answered (not ours, not a request, bad)
+//	48 u32 announced     1 once the boot-time ARP announcement went out
+//	56 u64 announcements ARP announcements sent
 const (
 	responderMagic   = 0x5052_4d56 // "VMRP" in memory order
 	responderVersion = 1
@@ -46,6 +48,8 @@ const (
 	rspOffTxFull      = 24
 	rspOffTxTooSmall  = 32
 	rspOffIgnored     = 40
+	rspOffAnnounced   = 48
+	rspOffAnnounces   = 56
 
 	// ResponderStateSize is the bytes of guest memory a Responder needs.
 	ResponderStateSize = 64
@@ -99,8 +103,31 @@ func NewResponder(m *mem.Memory, cfg ResponderConfig) (*Responder, error) {
 	return r, nil
 }
 
-// Step implements Workload: a responder only reacts to frames.
-func (r *Responder) Step(NetDev, int64) int64 { return 0 }
+// Step implements Workload. Once after boot it sends an RFC 5227 ARP
+// Announcement for its address, as a host stack does when its interface
+// comes up, so that switches learn its MAC before it is spoken to;
+// otherwise a responder only reacts to frames.
+func (r *Responder) Step(dev NetDev, now int64) int64 {
+	m, b := r.m, r.cfg.Base
+	if m.U32(b+rspOffAnnounced) != 0 {
+		return 0
+	}
+	pa, size, ok := dev.TxReserve()
+	if !ok {
+		return now // retry after tx completions
+	}
+	n := wire.BuildARPRequest(r.scratch[:], r.cfg.MAC, r.cfg.IP, r.cfg.IP)
+	if n == 0 || n > size {
+		workloadAdd(m, b+rspOffTxTooSmall, 1)
+		m.PutU32(b+rspOffAnnounced, 1)
+		return 0
+	}
+	_ = m.Write(pa, r.scratch[:n])
+	dev.TxCommit(n)
+	m.PutU32(b+rspOffAnnounced, 1)
+	workloadAdd(m, b+rspOffAnnounces, 1)
+	return 0
+}
 
 // Receive implements Workload: it answers the frame if it is an ARP request
 // or ICMP echo request for this VM, and counts it as ignored otherwise.
@@ -176,6 +203,7 @@ type ResponderStats struct {
 	TxFull      uint64 // replies dropped: tx ring full
 	TxTooSmall  uint64 // replies dropped: tx buffer shorter than the reply
 	Ignored     uint64 // frames not answered
+	Announces   uint64 // ARP announcements sent at boot
 }
 
 // Stats reads the counters from m, the program's guest memory or a copy of
@@ -189,5 +217,6 @@ func (r *Responder) Stats(m *mem.Memory) ResponderStats {
 		TxFull:      m.U64(b + rspOffTxFull),
 		TxTooSmall:  m.U64(b + rspOffTxTooSmall),
 		Ignored:     m.U64(b + rspOffIgnored),
+		Announces:   m.U64(b + rspOffAnnounces),
 	}
 }
