@@ -17,7 +17,8 @@ type DropReason uint8
 // and in show commands.
 const (
 	// DropMalformed: shorter than an Ethernet header, a truncated or stacked
-	// 802.1Q tag, a group or zero source MAC, or larger than link.MaxFrame.
+	// 802.1Q tag, a group or zero source MAC, or a frame too large to take
+	// the tags the FI may push and still fit link.MaxFrame.
 	DropMalformed DropReason = iota // malformed
 	// DropBadVNTag: on a server port, no VN-Tag, a truncated one, or one that
 	// is not upstream (d=1, p=1 or version != 0); on an uplink, any VN-Tag.

@@ -94,14 +94,14 @@ type PortInfo struct {
 
 // FI is a Fabric Interconnect. Create it with New.
 type FI struct {
-	cfg  Config // immutable
-	log  *slog.Logger
-	now  func() time.Time
-	macs *macTable
-	snap atomic.Pointer[snapshot]
+	cfg  Config                   // immutable, defaults filled in
+	log  *slog.Logger             // immutable; tagged component=fabric fi=Name
+	now  func() time.Time         // immutable: cfg.Now
+	macs *macTable                // the learned MAC table; internally synchronised
+	snap atomic.Pointer[snapshot] // written under mu by rebuildLocked, read lock-free
 
-	drops        dropCounters // every drop
-	unattributed dropCounters // drops no vEth owns
+	drops        dropCounters // lock-free: every drop
+	unattributed dropCounters // lock-free: drops no vEth owns
 
 	wg      sync.WaitGroup // port readers and the ager
 	stop    chan struct{}  // closed by Close

@@ -2,6 +2,7 @@ package fabric_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"slices"
 	"sync"
@@ -890,5 +891,24 @@ func TestProgrammerMayReadFI(t *testing.T) {
 	defer prog.mu.Unlock()
 	if prog.n < 4*50*2 {
 		t.Errorf("%d programmer calls, want at least %d", prog.n, 4*50*2)
+	}
+}
+
+func TestJSON(t *testing.T) {
+	var pp fabric.PortProfile
+	if err := json.Unmarshal([]byte(`{"Name":"t","Mode":"trunk","AllowedVLANs":[10]}`), &pp); err != nil || pp.Mode != fabric.ModeTrunk {
+		t.Fatalf("unmarshal profile: %+v, %v", pp, err)
+	}
+	if err := json.Unmarshal([]byte(`{"Mode":"hybrid"}`), &pp); !errors.Is(err, fabric.ErrInvalidConfig) {
+		t.Errorf("unmarshal bad mode: %v, want ErrInvalidConfig", err)
+	}
+	b, err := json.Marshal(fabric.VEthInfo{Mode: fabric.ModeAccess, State: fabric.LinkUp, MAC: mac(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"Mode":"access"`, `"State":"up"`, `"MAC":"02:00:00:00:00:01"`, `"Drops":{}`} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("VEthInfo JSON %s lacks %s", b, want)
+		}
 	}
 }

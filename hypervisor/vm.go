@@ -75,6 +75,7 @@ type VM struct {
 
 	mu     sync.Mutex
 	drv    *guest.Driver // guarded by mu
+	ctl    *controlPath  // the guest's BAR1; guarded by mu
 	mode   Mode          // guarded by mu
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -154,12 +155,14 @@ func (vm *VM) Driver() *guest.Driver {
 // adapter's pass-through registers into the guest; BAR1 stays behind the
 // hypervisor.
 func (vm *VM) AttachDirect(nic PassthroughNIC) error {
-	drv, err := guest.NewDriver(vm.mem, nic.BAR0(), &controlPath{dev: nic.BAR1()}, vm.cfg.Driver)
+	ctl := &controlPath{dev: nic.BAR1()}
+	drv, err := guest.NewDriver(vm.mem, nic.BAR0(), ctl, vm.cfg.Driver)
 	if err != nil {
 		return fmt.Errorf("hypervisor: VM %s: %w", vm.cfg.Name, err)
 	}
 	vm.mu.Lock()
 	vm.drv = drv
+	vm.ctl = ctl
 	vm.mode = ModeDirect
 	vm.mu.Unlock()
 	vm.vcpu.Store(guest.NewVCPU(drv, vm.wl, vm.cfg.Clock))
@@ -214,6 +217,20 @@ func (vm *VM) Stop() error {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	return vm.runErr
+}
+
+// ControlAccesses returns how many BAR1 reads and writes the guest made
+// through the hypervisor.
+func (vm *VM) ControlAccesses() (reads, writes uint64) {
+	vm.mu.Lock()
+	c := vm.ctl
+	vm.mu.Unlock()
+	if c == nil {
+		return 0, 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads, c.writes
 }
 
 // VCPU returns the VM's vCPU.

@@ -164,13 +164,14 @@ func (h *FabricHeader) PCP() uint8 {
 // VN-Tag, directly after the source MAC, and at most one 802.1Q tag after it
 // (protocols.md §1.1); a second VN-Tag or a VN-Tag after 802.1Q is malformed.
 func ParseFabric(f []byte, h *FabricHeader) error {
+	// Reset first: a reused header must never carry the previous frame's
+	// tags out of an error return.
+	*h = FabricHeader{}
 	if len(f) < EthHeaderLen {
 		return ErrShort
 	}
 	copy(h.Dst[:], f[0:6])
 	copy(h.Src[:], f[6:12])
-	h.HasVNTag, h.HasVLAN = false, false
-	h.VNTag, h.TCI = VNTag{}, 0
 	off := 12
 	et := binary.BigEndian.Uint16(f[off:])
 	if et == EtherTypeVNTag {

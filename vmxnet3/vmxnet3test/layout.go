@@ -26,14 +26,14 @@ type Config struct {
 	MaxNumRxSG uint16 // misc.maxNumRxSG
 	AutoMask   bool   // intrConf.autoMask
 
-	RxMode uint32      // rxFilterConf.rxMode (spec §6)
-	VLANs  []uint16    // VIDs set in vfTable
-	MCast  [][6]byte   // multicast table
-	Base   uint64      // guest-physical start of the layout (page-aligned)
-	Extra  uint64      // bytes of guest memory NewRig adds after the layout
-	Guard  uint64      // bytes of guard region NewRig adds at the end of memory
-	NoFill bool        // Up leaves the rx rings empty
-	Masked bool        // Up leaves every vector masked
+	RxMode uint32    // rxFilterConf.rxMode (spec §6)
+	VLANs  []uint16  // VIDs set in vfTable
+	MCast  [][6]byte // multicast table
+	Base   uint64    // guest-physical start of the layout (page-aligned)
+	Extra  uint64    // bytes of guest memory NewRig adds after the layout
+	Guard  uint64    // bytes of guard region NewRig adds at the end of memory
+	NoFill bool      // Up leaves the rx rings empty
+	Masked bool      // Up leaves every vector masked
 }
 
 // DefaultConfig is one queue pair with small rings: tx 64, rx 64 HEAD

@@ -1,0 +1,30 @@
+package fabric
+
+import "fmt"
+
+// Text forms of the enums, for JSON output and configuration files.
+
+// MarshalText implements encoding.TextMarshaler: "access" or "trunk".
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *Mode) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "access":
+		*m = ModeAccess
+	case "trunk":
+		*m = ModeTrunk
+	default:
+		return fmt.Errorf("%w: switchport mode %q; use access or trunk", ErrInvalidConfig, b)
+	}
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler: "up" or "down".
+func (s LinkState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// MarshalText implements encoding.TextMarshaler: "server" or "uplink".
+func (k PortKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// MarshalText implements encoding.TextMarshaler: the reason's name.
+func (r DropReason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
