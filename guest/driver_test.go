@@ -48,12 +48,12 @@ func (lb *loopback) run(ctx context.Context) {
 		case <-lb.dev.RxSpace(0):
 		}
 		for {
-			if len(held) > 0 {
-				r := lb.dev.DeliverBatch(0, held)
-				held = held[r.Consumed:]
-				if r.Full {
-					break
-				}
+			// Offer what is waiting (and let the device write frames it
+			// holds); stop while the guest has no buffers.
+			r := lb.dev.DeliverBatch(0, held)
+			held = held[r.Consumed:]
+			if r.Full || len(held) > 0 {
+				break
 			}
 			n := lb.dev.ProcessTx(0, lb.bufs, lens, metas, func(n int) {
 				frames = frames[:0]

@@ -97,7 +97,7 @@ func TestServerPortCaptureDecodesInTShark(t *testing.T) {
 		"-T", "fields", "-E", "separator=|",
 		"-e", "frame.protocols", "-e", "vntag.dir", "-e", "vntag.src", "-e", "vntag.dst", "-e", "vntag.looped",
 		"-e", "vlan.id", "-e", "ip.src", "-e", "ip.dst", "-e", "udp.dstport",
-		"-e", "ip.checksum.status", "-e", "udp.checksum.status").Output()
+		"-e", "ip.checksum.status", "-e", "udp.checksum.status", "-e", "arp.src.proto_ipv4").Output()
 	if err != nil {
 		t.Fatalf("tshark: %v", err)
 	}
@@ -105,11 +105,37 @@ func TestServerPortCaptureDecodesInTShark(t *testing.T) {
 	if uint64(len(lines)) != captured {
 		t.Fatalf("tshark decoded %d frames, we captured %d", len(lines), captured)
 	}
-	up, down, hairpin := 0, 0, 0
+	up, down, hairpin, arps := 0, 0, 0, 0
+	byVif := map[uint16]who{}
+	for _, w := range byIP {
+		if w.host == "esx1" {
+			byVif[w.vif] = w
+		}
+	}
 	for i, line := range lines {
 		c := strings.Split(line, "|")
-		if len(c) != 11 {
+		if len(c) != 12 {
 			t.Fatalf("frame %d: %q", i+1, line)
+		}
+		if c[0] == "eth:ethertype:vntag:ethertype:vlan:ethertype:arp" {
+			// A guest's boot-time ARP announcement: broadcast, flooded
+			// within its VLAN only.
+			arps++
+			src := byIP[c[11]]
+			vlan, _ := strconv.Atoi(c[5])
+			svif, _ := strconv.Atoi(c[2])
+			dvif, _ := strconv.Atoi(c[3])
+			if src.host == "" || uint16(vlan) != src.vlan {
+				t.Fatalf("frame %d: ARP from %s on VLAN %d", i+1, c[11], vlan)
+			}
+			if c[1] == "1" || c[1] == "True" {
+				if dst, ok := byVif[uint16(dvif)]; !ok || dst.vlan != src.vlan {
+					t.Fatalf("frame %d: ARP announcement of VLAN %d flooded to vif %d", i+1, src.vlan, dvif)
+				}
+			} else if uint16(svif) != src.vif {
+				t.Fatalf("frame %d: upstream ARP with svif %d, want %d", i+1, svif, src.vif)
+			}
+			continue
 		}
 		if c[0] != "eth:ethertype:vntag:ethertype:vlan:ethertype:ip:udp:data" {
 			t.Fatalf("frame %d: protocol stack %q, want VN-Tag/802.1Q/IPv4/UDP", i+1, c[0])
@@ -166,5 +192,5 @@ func TestServerPortCaptureDecodesInTShark(t *testing.T) {
 	if s := strings.TrimSpace(string(bad)); s != "" {
 		t.Fatalf("tshark flags frames:\n%s", s)
 	}
-	t.Logf("%d frames: %d upstream, %d downstream (%d hairpin)", len(lines), up, down, hairpin)
+	t.Logf("%d frames: %d upstream, %d downstream (%d hairpin), %d ARP announcements", len(lines), up, down, hairpin, arps)
 }

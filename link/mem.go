@@ -14,15 +14,17 @@ const DefaultMemDepth = 1024
 
 // queue is one direction of an in-memory cable: a bounded FIFO of buffers.
 type queue struct {
-	mu       sync.Mutex
-	cond     sync.Cond // signals both "not empty" and "not full"; guarded by mu
-	ring     []*Buf    // guarded by mu
-	head     int       // index of the oldest frame; guarded by mu
-	n        int       // frames queued; guarded by mu
-	waiters  int       // goroutines in cond.Wait; guarded by mu
-	closed   bool      // guarded by mu
-	rxFrames atomic.Uint64
-	rxBytes  atomic.Uint64
+	mu      sync.Mutex
+	cond    sync.Cond // signals both "not empty" and "not full"; guarded by mu
+	ring    []*Buf    // guarded by mu
+	head    int       // index of the oldest frame; guarded by mu
+	n       int       // frames queued; guarded by mu
+	waiters int       // goroutines in cond.Wait; guarded by mu
+	closed  bool      // guarded by mu
+	// Counted as frames enter and leave: tx under mu, before a receiver can
+	// see the frames, so a reader never sees more received than sent.
+	txFrames, txBytes atomic.Uint64
+	rxFrames, rxBytes atomic.Uint64
 }
 
 func newQueue(depth int) *queue {
@@ -44,16 +46,16 @@ func (q *queue) close() {
 	q.mu.Unlock()
 }
 
-// put enqueues all of bufs, waiting for room; it returns how many frames
-// and bytes it took.
-func (q *queue) put(bufs []*Buf) (int, uint64, error) {
+// put enqueues all of bufs, waiting for room; it returns how many frames it
+// took. It counts them as they go in, so that a Send waiting for room shows
+// what it has sent so far.
+func (q *queue) put(bufs []*Buf) (int, error) {
 	sent := 0
-	var bytes uint64
 	q.mu.Lock()
 	for sent < len(bufs) {
 		if q.closed {
 			q.mu.Unlock()
-			return sent, bytes, ErrClosed
+			return sent, ErrClosed
 		}
 		room := len(q.ring) - q.n
 		if room == 0 {
@@ -64,6 +66,7 @@ func (q *queue) put(bufs []*Buf) (int, uint64, error) {
 		}
 		k := min(room, len(bufs)-sent)
 		tail := (q.head + q.n) % len(q.ring)
+		var bytes uint64
 		for i := 0; i < k; i++ {
 			q.ring[tail] = bufs[sent+i]
 			bytes += uint64(bufs[sent+i].Len)
@@ -74,10 +77,12 @@ func (q *queue) put(bufs []*Buf) (int, uint64, error) {
 		}
 		q.n += k
 		sent += k
+		q.txFrames.Add(uint64(k))
+		q.txBytes.Add(bytes)
 		q.wakeLocked()
 	}
 	q.mu.Unlock()
-	return sent, bytes, nil
+	return sent, nil
 }
 
 // get dequeues up to len(bufs), waiting for at least one.
@@ -128,8 +133,6 @@ func (q *queue) drain() {
 // buffer a sender hands over is the buffer the receiver gets.
 type MemPort struct {
 	tx, rx    *queue
-	txFrames  atomic.Uint64
-	txBytes   atomic.Uint64
 	closeOnce sync.Once
 }
 
@@ -146,12 +149,7 @@ func NewMemCable(depth int) (*MemPort, *MemPort) {
 }
 
 // Send implements Port. It waits while the cable is full.
-func (p *MemPort) Send(bufs []*Buf) (int, error) {
-	n, bytes, err := p.tx.put(bufs)
-	p.txFrames.Add(uint64(n))
-	p.txBytes.Add(bytes)
-	return n, err
-}
+func (p *MemPort) Send(bufs []*Buf) (int, error) { return p.tx.put(bufs) }
 
 // Recv implements Port.
 func (p *MemPort) Recv(bufs []*Buf) (int, error) { return p.rx.get(bufs) }
@@ -162,7 +160,7 @@ func (p *MemPort) BatchSize() int { return MemBatch }
 // Stats implements Port.
 func (p *MemPort) Stats() PortStats {
 	return PortStats{
-		TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(),
+		TxFrames: p.tx.txFrames.Load(), TxBytes: p.tx.txBytes.Load(),
 		RxFrames: p.rx.rxFrames.Load(), RxBytes: p.rx.rxBytes.Load(),
 	}
 }

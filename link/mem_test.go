@@ -218,6 +218,9 @@ func TestMemCloseUnblocksSend(t *testing.T) {
 				done <- result{n, err}
 			}()
 			waitBlocked(t, a.tx, 1)
+			if st := a.Stats(); st.TxFrames != 2 || st.TxBytes != 2*numFrameLen {
+				t.Errorf("Stats() of a Send waiting after 2 frames = %+v, want them counted", st)
+			}
 			if closer == "peer" {
 				b.Close()
 			} else {

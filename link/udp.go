@@ -6,8 +6,9 @@ package link
 // Wire format: one UDP datagram carries exactly one Ethernet frame, byte for
 // byte, from the destination MAC address to the end of the payload (no
 // preamble, no FCS), with the VN-Tag and 802.1Q tags it carries. Nothing of
-// ours is added, so the datagram's length is the frame's. A datagram shorter than an Ethernet header (14 bytes, empty ones included)
-// or longer than MaxFrame is not a frame: it is counted and never delivered.
+// ours is added, so the datagram's length is the frame's. A datagram shorter
+// than an Ethernet header (14 bytes, empty ones included) or longer than
+// MaxFrame is not a frame: it is counted and never delivered.
 //
 // The cable is lossy, like the Ethernet it stands for. When the receiver
 // falls behind, its socket buffer fills and the kernel drops datagrams
@@ -29,7 +30,8 @@ package link
 //     buffer's space after the default headroom, then at one spare byte that
 //     only an oversized datagram reaches;
 //  2. ReadBatch (recvmmsg on Linux) waits for at least one datagram and
-//     fills the buffers in place;
+//     fills the buffers in place (x/net allocates each datagram's source
+//     address: two allocations per frame, the only ones on this path);
 //  3. datagrams from an address other than the peer's, runts and oversized
 //     ones are counted, and their buffers stay armed for the next read;
 //  4. the others go to the caller in arrival order, and their slots are

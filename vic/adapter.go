@@ -26,7 +26,6 @@
 package vic
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,7 +69,14 @@ type Adapter struct {
 	mu    sync.Mutex // guards vnics writes and lifecycle
 	vnics atomic.Pointer[map[uint16]*VNIC]
 
-	ready  chan *VNIC // vNICs with a pending tx doorbell; cap = pool size
+	// The tx engine's work queue: vNICs with a pending tx doorbell, each at
+	// most once (VNIC.queued), in doorbell order. It is a list, not a
+	// bounded channel, so that a doorbell never blocks: deleted vNICs may
+	// still sit in it beside a full pool of live ones.
+	readyMu sync.Mutex
+	ready   []*VNIC       // guarded by readyMu
+	kick    chan struct{} // cap 1: ready became non-empty
+
 	done   chan struct{}
 	closed atomic.Bool
 	wg     sync.WaitGroup
@@ -84,7 +90,7 @@ type AdapterDrops struct {
 	UnknownVif atomic.Uint64 // dvif names no vNIC here
 	VifList    atomic.Uint64 // p=1 (vif lists) not used on this adapter
 	LoopedSelf atomic.Uint64 // looped frame whose dvif is its own svif
-	TxTagFail  atomic.Uint64 // no headroom for tags (never expected)
+	TxTagFail  atomic.Uint64 // guest frame shorter than an Ethernet header, or no headroom for tags
 }
 
 // New returns an adapter; Start runs its engines.
@@ -101,7 +107,7 @@ func New(cfg Config) *Adapter {
 		uplink: cfg.Uplink,
 		max:    cfg.MaxVNICs,
 		log:    log.With("component", "vic", "adapter", cfg.Name),
-		ready:  make(chan *VNIC, cfg.MaxVNICs+1),
+		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
 	empty := map[uint16]*VNIC{}
@@ -152,7 +158,7 @@ func (a *Adapter) CreateVNIC(vif uint16, mac wire.MAC, m *mem.Memory, sink vmxne
 	if len(cur) >= a.max {
 		return nil, fmt.Errorf("%w: %s has all %d in use", ErrPoolExhausted, a.name, a.max)
 	}
-	v := &VNIC{vif: vif, mac: mac, adapter: a}
+	v := &VNIC{vif: vif, mac: mac, adapter: a, gone: make(chan struct{})}
 	v.dev = vmxnet3.New(m, sink, mac, v.doorbell)
 	next := make(map[uint16]*VNIC, len(cur)+1)
 	for k, x := range cur {
@@ -174,6 +180,7 @@ func (a *Adapter) DeleteVNIC(vif uint16) error {
 		return fmt.Errorf("%w: vif %d on %s", ErrNoVNIC, vif, a.name)
 	}
 	v.deleted.Store(true)
+	close(v.gone) // wakes an rx engine waiting for this guest's buffers
 	v.dev.Quiesce()
 	next := make(map[uint16]*VNIC, len(cur))
 	for k, x := range cur {
@@ -235,10 +242,8 @@ func (a *Adapter) txEngine() {
 	defer func() { link.ReleaseAll(bufs) }()
 	var sendErr error
 	for {
-		var v *VNIC
-		select {
-		case v = <-a.ready:
-		case <-a.done:
+		v := a.nextReady()
+		if v == nil {
 			return
 		}
 		// Clear before processing: a doorbell that arrives meanwhile queues
@@ -263,31 +268,53 @@ func (a *Adapter) txEngine() {
 	}
 }
 
+// nextReady takes the next vNIC with a pending doorbell, waiting for one;
+// it returns nil when the adapter closes.
+func (a *Adapter) nextReady() *VNIC {
+	for {
+		select {
+		case <-a.done:
+			return nil
+		default:
+		}
+		a.readyMu.Lock()
+		if n := len(a.ready); n > 0 {
+			v := a.ready[0]
+			copy(a.ready, a.ready[1:])
+			a.ready[n-1] = nil
+			a.ready = a.ready[:n-1]
+			a.readyMu.Unlock()
+			return v
+		}
+		a.readyMu.Unlock()
+		select {
+		case <-a.kick:
+		case <-a.done:
+			return nil
+		}
+	}
+}
+
 // sendUp tags and sends one gathered batch; it replaces the buffers it gave
-// away with fresh ones.
+// away with fresh ones. A frame it cannot tag (a runt shorter than an
+// Ethernet header, which a guest can post) is counted and not sent: its
+// buffer stays with the caller, moved behind the sent ones.
 func (a *Adapter) sendUp(v *VNIC, bufs []*link.Buf, lens []int, metas []vmxnet3.TxMeta) error {
 	vlan := uint16(v.defaultVLAN.Load())
 	tag := wire.VNTag{SVIF: v.vif}
 	var bytes uint64
+	k := 0 // frames tagged so far, kept in order at the front of bufs
 	for i, b := range bufs {
 		b.Off, b.Len = link.Headroom, lens[i]
-		f := b.Bytes()
-		tagged := len(f) >= 14 && f[12] == 0x81 && f[13] == 0x00
-		switch {
-		case metas[i].TI && !tagged:
-			// The descriptor asked for 802.1Q insertion (spec §4.2 ti/tci).
-			wire.PutVLANTag(b.InsertAt(12, wire.VLANTagLen), metas[i].TCI)
-		case vlan != 0 && !tagged:
-			wire.PutVLANTag(b.InsertAt(12, wire.VLANTagLen), wire.TCI(0, vlan))
-		}
-		gap := b.InsertAt(12, wire.VNTagLen)
-		if gap == nil {
+		if !tagUp(b, metas[i], vlan, tag) {
 			a.drops.TxTagFail.Add(1)
 			continue
 		}
-		wire.PutVNTag(gap, tag)
 		bytes += uint64(lens[i])
+		bufs[k], bufs[i] = b, bufs[k]
+		k++
 	}
+	bufs = bufs[:k]
 	n, err := a.uplink.Send(bufs)
 	for i := 0; i < n; i++ {
 		bufs[i] = link.Get()
@@ -300,6 +327,34 @@ func (a *Adapter) sendUp(v *VNIC, bufs []*link.Buf, lens []int, metas []vmxnet3.
 	return err
 }
 
+// tagUp pushes the 802.1Q tag (the descriptor's ti/tci, else the vif's
+// default VLAN, unless the guest tagged the frame itself) and the VN-Tag in
+// place. It reports false, leaving the frame unsent, for a frame shorter
+// than an Ethernet header or a buffer without headroom.
+func tagUp(b *link.Buf, meta vmxnet3.TxMeta, vlan uint16, tag wire.VNTag) bool {
+	f := b.Bytes()
+	if len(f) < wire.EthHeaderLen {
+		return false
+	}
+	tagged := f[12] == 0x81 && f[13] == 0x00
+	tci, insert := uint16(0), false
+	switch {
+	case meta.TI && !tagged:
+		// The descriptor asked for 802.1Q insertion (spec §4.2 ti/tci).
+		tci, insert = meta.TCI, true
+	case vlan != 0 && !tagged:
+		tci, insert = wire.TCI(0, vlan), true
+	}
+	if b.Off < wire.VNTagLen+wire.VLANTagLen {
+		return false
+	}
+	if insert {
+		wire.PutVLANTag(b.InsertAt(12, wire.VLANTagLen), tci)
+	}
+	wire.PutVNTag(b.InsertAt(12, wire.VNTagLen), tag)
+	return true
+}
+
 // rxEngine takes frames from the uplink into the vNICs' rx rings.
 func (a *Adapter) rxEngine() {
 	defer a.wg.Done()
@@ -307,15 +362,6 @@ func (a *Adapter) rxEngine() {
 	bufs := make([]*link.Buf, batch)
 	frames := make([][]byte, 0, batch)
 	var h wire.FabricHeader
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-a.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		n, err := a.uplink.Recv(bufs)
 		if err != nil {
@@ -331,7 +377,7 @@ func (a *Adapter) rxEngine() {
 				continue
 			}
 			if v != cur && len(frames) > 0 {
-				if !a.deliver(ctx, cur, frames) {
+				if !a.deliver(cur, frames) {
 					link.ReleaseAll(bufs[:n])
 					return
 				}
@@ -340,7 +386,7 @@ func (a *Adapter) rxEngine() {
 			cur = v
 			frames = append(frames, b.Bytes())
 		}
-		if len(frames) > 0 && !a.deliver(ctx, cur, frames) {
+		if len(frames) > 0 && !a.deliver(cur, frames) {
 			link.ReleaseAll(bufs[:n])
 			return
 		}
@@ -370,7 +416,8 @@ func (a *Adapter) classify(vnics map[uint16]*VNIC, b *link.Buf, h *wire.FabricHe
 		return nil
 	}
 	b.RemoveAt(12, wire.VNTagLen)
-	if h.HasVLAN && h.VID() == uint16(v.defaultVLAN.Load()) {
+	// Default VLAN 0 means none: a priority tag (VID 0) is kept with its PCP.
+	if vlan := uint16(v.defaultVLAN.Load()); h.HasVLAN && vlan != 0 && h.VID() == vlan {
 		b.RemoveAt(12, wire.VLANTagLen)
 	}
 	return v
@@ -378,7 +425,7 @@ func (a *Adapter) classify(vnics map[uint16]*VNIC, b *link.Buf, h *wire.FabricHe
 
 // deliver writes frames into v's rx ring, waiting for the guest to post
 // buffers when it has none. It returns false when the adapter is closing.
-func (a *Adapter) deliver(ctx context.Context, v *VNIC, frames [][]byte) bool {
+func (a *Adapter) deliver(v *VNIC, frames [][]byte) bool {
 	for len(frames) > 0 {
 		r := v.dev.DeliverBatch(0, frames)
 		var bytes uint64
@@ -397,7 +444,8 @@ func (a *Adapter) deliver(ctx context.Context, v *VNIC, frames [][]byte) bool {
 		v.stats.rxWaits.Add(1)
 		select {
 		case <-v.dev.RxSpace(0):
-		case <-ctx.Done():
+		case <-v.gone:
+		case <-a.done:
 			return false
 		}
 		if v.deleted.Load() {
@@ -417,6 +465,7 @@ type VNIC struct {
 	defaultVLAN atomic.Uint32
 	queued      atomic.Bool // on the adapter's ready queue
 	deleted     atomic.Bool
+	gone        chan struct{} // closed by DeleteVNIC, after deleted is set
 	stats       vnicStats
 }
 
@@ -467,15 +516,19 @@ func (v *VNIC) BAR0() vmxnet3.BAR { return v.dev.BAR0() }
 func (v *VNIC) BAR1() vmxnet3.BAR { return v.dev.BAR1() }
 
 // doorbell queues the vNIC on the tx engine; it never blocks (the ready
-// channel holds every vNIC once).
+// list holds every vNIC at most once).
 func (v *VNIC) doorbell(kind vmxnet3.DoorbellKind, _ int) {
 	if kind != vmxnet3.DoorbellTx {
 		return
 	}
 	if !v.queued.Swap(true) {
+		a := v.adapter
+		a.readyMu.Lock()
+		a.ready = append(a.ready, v)
+		a.readyMu.Unlock()
 		select {
-		case v.adapter.ready <- v:
-		case <-v.adapter.done:
+		case a.kick <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -38,14 +38,14 @@ type Device struct {
 		permMAC    [6]byte
 		linkUp     bool
 		cfg        Config // latched at ACTIVATE / UPDATE_*
-		errState   bool   // last ACTIVATE failed
 		activateOK bool
 	}
-	active    atomic.Bool // rings are live (ACTIVATE succeeded, not quiesced or reset)
-	txq       [MaxTxQueues]txQueue
-	rxq       [MaxRxQueues]rxQueue
-	irq       irqState
-	drops     DropCounters
+	active     atomic.Bool // rings are live (ACTIVATE succeeded, not quiesced or reset)
+	frozen     atomic.Bool // a hand-off is in progress: engines idle, frames held
+	txq        [MaxTxQueues]txQueue
+	rxq        [MaxRxQueues]rxQueue
+	irq        irqState
+	drops      DropCounters
 	onDoorbell func(kind DoorbellKind, q int) // optional; immutable after New
 }
 
@@ -91,17 +91,52 @@ type txQueue struct {
 }
 
 type rxQueue struct {
-	mu       sync.Mutex
-	descPA   uint64
-	ring     [2]Ring // consumer side of rx rings 0 and 1
-	comp     Ring    // producer side of the rx completion ring
-	intrIdx  uint8
-	stats    [NumUPT1Stats]uint64
-	prod     [2]uint32 // last RXPROD/RXPROD2 values written by the driver
-	stopped  bool
-	err      uint32
-	space    chan struct{} // signalled when the driver posts buffers
-	rxBuffer [][]byte      // scratch: chunk views for one frame
+	mu      sync.Mutex
+	descPA  uint64
+	ring    [2]Ring // consumer side of rx rings 0 and 1
+	comp    Ring    // producer side of the rx completion ring
+	intrIdx uint8
+	stats   [NumUPT1Stats]uint64
+	prod    [2]uint32 // last RXPROD/RXPROD2 values written by the driver
+	stopped bool
+	err     uint32
+	space   chan struct{} // signalled when the driver posts buffers
+	// pending[phead:] are frames held for the guest, oldest first (spec
+	// §7.3 item 11). Guarded by mu.
+	pending [][]byte
+	phead   int
+}
+
+// framePool recycles the copies of held frames.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, MaxMTU+64); return &b }}
+
+func (rq *rxQueue) npending() int { return len(rq.pending) - rq.phead }
+
+// hold appends a copy of f to the pending frames.
+func (rq *rxQueue) hold(f []byte) {
+	bp := framePool.Get().(*[]byte)
+	*bp = append((*bp)[:0], f...)
+	rq.pending = append(rq.pending, *bp)
+}
+
+// pop releases the oldest pending frame.
+func (rq *rxQueue) pop() {
+	b := rq.pending[rq.phead]
+	rq.pending[rq.phead] = nil
+	rq.phead++
+	if rq.phead == len(rq.pending) {
+		rq.pending, rq.phead = rq.pending[:0], 0
+	}
+	if cap(b) >= MaxMTU+64 {
+		framePool.Put(&b)
+	}
+}
+
+// clearPending drops every held frame.
+func (rq *rxQueue) clearPending() {
+	for rq.npending() > 0 {
+		rq.pop()
+	}
 }
 
 // DropCounters count frames the device did not pass on, by reason.
@@ -429,10 +464,25 @@ func (d *Device) activate() {
 		rq.stats = [NumUPT1Stats]uint64{}
 		rq.prod = [2]uint32{}
 		rq.stopped, rq.err = false, 0
+		rq.clearPending()
 		_ = d.mem.Zero(rq.comp.Base, uint64(rq.comp.Size)*DescSize)
 		// Ask the driver to write RXPROD on refill: it is how an adapter
 		// holding frames learns that buffers arrived (spec §3.7).
 		d.mem.PutU8(pa+RQUpdateRxProd, 1)
+	}
+	// Queues beyond the configured counts do not exist: forget rings and
+	// counters an earlier activation left there, so ProcessTx finds no ring
+	// (Size 0) and Stats sums only live queues.
+	for q := cfg.NumTxQueues; q < MaxTxQueues; q++ {
+		d.txq[q].ring, d.txq[q].comp = Ring{}, Ring{}
+		d.txq[q].stats = [NumUPT1Stats]uint64{}
+		d.txq[q].stopped, d.txq[q].err = false, 0
+	}
+	for q := cfg.NumRxQueues; q < MaxRxQueues; q++ {
+		d.rxq[q].ring, d.rxq[q].comp = [2]Ring{}, Ring{}
+		d.rxq[q].stats = [NumUPT1Stats]uint64{}
+		d.rxq[q].stopped, d.rxq[q].err = false, 0
+		d.rxq[q].clearPending()
 	}
 	d.irq.configure(cfg.AutoMask, int(cfg.NumIntrs))
 	d.ctl.activateOK = true
@@ -583,6 +633,7 @@ func (d *Device) reset() {
 	}
 	for i := range d.rxq {
 		d.rxq[i].stopped, d.rxq[i].err = false, 0
+		d.rxq[i].clearPending()
 	}
 	d.unlockAll()
 	d.ctl.mu.Unlock()

@@ -15,10 +15,17 @@ package vmxnet3
 
 // RxResult is what DeliverBatch did.
 type RxResult struct {
-	Consumed int  // frames written to guest buffers or dropped and counted
-	Written  int  // frames written to guest buffers
-	Full     bool // stopped because the guest has no free buffers
+	Consumed int  // input frames taken: written, held, or dropped and counted
+	Written  int  // frames written to guest buffers by this call (held ones included)
+	Held     int  // input frames the device holds because the guest has no buffers
+	Dropped  int  // frames (input or held) dropped and counted by a filter or check
+	Full     bool // the device holds frames: wait for RxSpace, then call again
 }
+
+// PendingLimit bounds the frames an rx queue holds while the guest has no
+// buffers posted; beyond it DeliverBatch stops consuming, which pushes back
+// on the caller (lossless) instead of dropping.
+const PendingLimit = 256
 
 type rxChunk struct {
 	ring int
@@ -27,91 +34,127 @@ type rxChunk struct {
 	len  uint32
 }
 
-// DeliverBatch writes frames to rx queue q in order, stopping at the first
-// frame for which the guest has posted no buffers (Full). Frames the filters
-// reject or that are malformed are dropped and counted. The caller keeps
-// ownership of the frames; the device copies them.
+// placeResult is what happened to one frame at the rings.
+type placeResult uint8
+
+const (
+	placed  placeResult = iota // written to guest buffers
+	dropped                    // rejected by a filter or malformed, counted
+	noRoom                     // the guest has no buffers for it now
+	qError                     // a malformed descriptor stopped the queue
+)
+
+// DeliverBatch offers frames to rx queue q in order. Frames already held by
+// the queue go first; a frame the guest has no buffers for is held (copied)
+// rather than cut or dropped, and every later frame queues behind it, up to
+// PendingLimit. Frames the filters reject or that are malformed are dropped
+// and counted. A frozen device (a hand-off in progress) holds everything
+// unfiltered: the filters apply when the frames reach the rings. The caller
+// keeps ownership of the frames; the device copies them.
 func (d *Device) DeliverBatch(q int, frames [][]byte) RxResult {
 	var res RxResult
 	if q < 0 || q >= MaxRxQueues {
 		return res
 	}
+	rq := &d.rxq[q]
+	if d.frozen.Load() {
+		rq.mu.Lock()
+		if d.frozen.Load() {
+			for _, f := range frames {
+				rq.hold(f)
+			}
+			rq.mu.Unlock()
+			res.Consumed, res.Held, res.Full = len(frames), len(frames), true
+			return res
+		}
+		rq.mu.Unlock()
+	}
 	if !d.active.Load() {
 		d.drops.RxInactive.Add(uint64(len(frames)))
-		res.Consumed = len(frames)
+		res.Consumed, res.Dropped = len(frames), len(frames)
 		return res
 	}
 	d.ctl.mu.Lock()
 	cfg := &d.ctl.cfg
-	mac := d.ctl.mac
+	st := rxState{
+		mtu: cfg.MTU, maxSG: int(cfg.MaxNumRxSG), nrx: cfg.NumRxQueues,
+		filters: rxFilter{mode: cfg.RxMode, mac: d.ctl.mac, vlan: cfg.VLANTable, mcast: cfg.MCastList},
+	}
 	linkUp := d.ctl.linkUp
-	rxMode, mtu, maxSG := cfg.RxMode, cfg.MTU, int(cfg.MaxNumRxSG)
-	nrx := cfg.NumRxQueues
-	vlanTable := &cfg.VLANTable
-	mcast := cfg.MCastList
-	rq := &d.rxq[q]
 	rq.mu.Lock()
 	// ctl is held only to read the filters consistently; release it before
 	// copying frames so commands are not held up by a busy queue.
-	filters := rxFilter{mode: rxMode, mac: mac, vlan: *vlanTable, mcast: mcast}
 	d.ctl.mu.Unlock()
-	if !d.active.Load() || q >= nrx || rq.stopped || !linkUp {
+	if !d.active.Load() || q >= st.nrx || rq.stopped || !linkUp || d.frozen.Load() {
+		stopped, frozen := rq.stopped, d.frozen.Load() // read under rq.mu
+		if frozen {
+			for _, f := range frames {
+				rq.hold(f)
+			}
+			rq.mu.Unlock()
+			res.Consumed, res.Held, res.Full = len(frames), len(frames), true
+			return res
+		}
 		rq.mu.Unlock()
-		if rq.stopped {
+		if stopped {
 			d.drops.RxQueueError.Add(uint64(len(frames)))
 		} else {
 			d.drops.RxInactive.Add(uint64(len(frames)))
 		}
-		res.Consumed = len(frames)
+		res.Consumed, res.Dropped = len(frames), len(frames)
 		return res
 	}
 	var qerr uint32
-	var plan [MaxTxDescPerPkt]rxChunk
-	for _, f := range frames {
-		if len(f) < 14 {
-			rq.stats[RxStatErrors]++
-			res.Consumed++
-			continue
-		}
-		if reason := filters.admit(f, d); reason {
-			res.Consumed++
-			continue
-		}
-		// MTU counts the L3 payload; allow Ethernet and one 802.1Q tag.
-		if len(f) > int(mtu)+18 {
-			d.drops.RxTooLong.Add(1)
-			rq.stats[RxStatErrors]++
-			res.Consumed++
-			continue
-		}
-		flen := len(f)
-		if flen < 60 {
-			flen = 60
-		}
-		n, ok, e := d.planRx(rq, flen, maxSG, plan[:])
-		if e != 0 {
+	// 1. Held frames first, in order.
+	for rq.npending() > 0 && qerr == 0 {
+		switch r, e := d.place(rq, q, &st, rq.pending[rq.phead]); r {
+		case placed:
+			res.Written++
+			rq.pop()
+		case dropped:
+			res.Dropped++
+			rq.pop()
+		case noRoom:
+			goto fresh
+		case qError:
 			qerr = e
+		}
+	}
+fresh:
+	// 2. The new frames, behind anything still held.
+	for _, f := range frames {
+		if qerr != 0 {
 			break
 		}
-		if !ok {
-			if n < 0 {
-				// More buffers than maxNumRxSG allows: cannot ever fit.
-				rq.stats[RxStatErrors]++
-				res.Consumed++
-				continue
+		if rq.npending() > 0 {
+			if rq.npending() >= PendingLimit {
+				break
 			}
-			res.Full = true
-			rq.stats[RxStatOutOfBuf]++
-			break
+			rq.hold(f)
+			res.Held++
+			res.Consumed++
+			continue
 		}
-		d.writeRx(rq, q, nrx, f, flen, plan[:n])
-		d.countRx(rq, f)
+		r, e := d.place(rq, q, &st, f)
+		switch r {
+		case placed:
+			res.Written++
+		case dropped:
+			res.Dropped++
+		case noRoom:
+			rq.stats[RxStatOutOfBuf]++
+			rq.hold(f)
+			res.Held++
+		case qError:
+			qerr = e
+			continue
+		}
 		res.Consumed++
-		res.Written++
 	}
 	if qerr != 0 {
 		rq.stopped, rq.err = true, qerr
 	}
+	res.Full = rq.npending() > 0 && qerr == 0
 	vec := int(rq.intrIdx)
 	rq.mu.Unlock()
 	if res.Written > 0 {
@@ -121,6 +164,47 @@ func (d *Device) DeliverBatch(q int, frames [][]byte) RxResult {
 		d.raiseEvent(EventRQErr)
 	}
 	return res
+}
+
+// rxState is the configuration one DeliverBatch call works with.
+type rxState struct {
+	mtu     uint32
+	maxSG   int
+	nrx     int
+	filters rxFilter
+}
+
+// place filters one frame and writes it to the rings.
+func (d *Device) place(rq *rxQueue, q int, st *rxState, f []byte) (placeResult, uint32) {
+	if len(f) < 14 {
+		rq.stats[RxStatErrors]++
+		return dropped, 0
+	}
+	if st.filters.admit(f, d) {
+		return dropped, 0
+	}
+	// MTU counts the L3 payload; allow Ethernet and one 802.1Q tag.
+	if len(f) > int(st.mtu)+18 {
+		d.drops.RxTooLong.Add(1)
+		rq.stats[RxStatErrors]++
+		return dropped, 0
+	}
+	flen := max(len(f), 60)
+	var plan [MaxTxDescPerPkt]rxChunk
+	n, ok, e := d.planRx(rq, flen, st.maxSG, plan[:])
+	switch {
+	case e != 0:
+		return qError, e
+	case !ok && n < 0:
+		// More buffers than maxNumRxSG allows: it can never fit.
+		rq.stats[RxStatErrors]++
+		return dropped, 0
+	case !ok:
+		return noRoom, 0
+	}
+	d.writeRx(rq, q, st.nrx, f, flen, plan[:n])
+	d.countRx(rq, f)
+	return placed, 0
 }
 
 type rxFilter struct {

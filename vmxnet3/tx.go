@@ -35,7 +35,7 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 	}
 	tq := &d.txq[q]
 	tq.mu.Lock()
-	if !d.active.Load() || tq.stopped || tq.ring.Size == 0 {
+	if !d.active.Load() || d.frozen.Load() || tq.stopped || tq.ring.Size == 0 {
 		tq.mu.Unlock()
 		return 0
 	}
@@ -191,6 +191,11 @@ func (d *Device) txOffload(f []byte, sop TxDesc) bool {
 		// device folds in everything from hlen to the end.
 		sum := onesSum(f[start:], 0)
 		c := ^fold(sum)
+		if c == 0 {
+			// RFC 768: a UDP checksum that computes to zero is sent as
+			// 0xFFFF (0 means "no checksum"); for TCP both encode zero.
+			c = 0xFFFF
+		}
 		f[at], f[at+1] = byte(c>>8), byte(c)
 		return true
 	default:

@@ -89,10 +89,10 @@ func (f *Faulty) Send(bufs []*link.Buf) (int, error) {
 	if f.closed.Load() {
 		return 0, link.ErrClosed
 	}
+	every := uint64(max(f.faults.DropEvery, 0))
 	out := f.out[:0]
 	for _, b := range bufs {
 		offered := f.offered.Add(1)
-		every := uint64(max(f.faults.DropEvery, 0))
 		if every > 0 && offered%every == 0 || f.faults.Drop != nil && f.faults.Drop(b.Bytes()) {
 			f.dropped.Add(1)
 			b.Release()

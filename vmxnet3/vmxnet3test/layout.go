@@ -109,8 +109,9 @@ type RxLayout struct {
 // Layout is the test guest's use of guest memory:
 //
 //	Base
-//	 +0     DriverShared                           1 page
-//	 +4K    queue descriptor table (tx, then rx)   page-rounded
+//	 +0     unused (DSAL = 0 means "deactivate")   1 page
+//	 +4K    DriverShared                           1 page
+//	 +8K    queue descriptor table (tx, then rx)   page-rounded
 //	 ...    multicast table                        1 page
 //	 ...    per tx queue: ring, completion ring    512-aligned
 //	 ...    per rx queue: ring 0, ring 1, comp     512-aligned
@@ -132,7 +133,9 @@ func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
 func (c Config) Layout() Layout {
 	c = c.withDefaults()
 	var l Layout
-	p := alignUp(c.Base, mem.PageSize)
+	// Page 0 of the layout stays unused: a DriverShared whose PA has low
+	// half 0 cannot be announced, since DSAL = 0 deactivates (spec §1.4).
+	p := alignUp(c.Base, mem.PageSize) + mem.PageSize
 	l.Shared = p
 	p += mem.PageSize
 	l.QueueDesc = p

@@ -1,0 +1,5 @@
+//go:build !race
+
+package vmxnet3_test
+
+const raceEnabled = false
