@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/guest/mem"
+	"github.com/vmfex/vmfex/vem"
 	"github.com/vmfex/vmfex/vmxnet3"
 	"github.com/vmfex/vmfex/wire"
 )
@@ -73,7 +74,12 @@ type VM struct {
 	log  *slog.Logger
 	vcpu atomic.Pointer[guest.VCPU]
 
+	switchMu sync.Mutex // serialises mode switches and migrations
+
 	mu     sync.Mutex
+	direct DirectNIC     // guarded by mu; nil without mode-switch support
+	port   *vem.Port     // guarded by mu
+	emu    *EmulatedNIC  // guarded by mu
 	drv    *guest.Driver // guarded by mu
 	ctl    *controlPath  // the guest's BAR1; guarded by mu
 	mode   Mode          // guarded by mu

@@ -22,6 +22,7 @@ import (
 	"github.com/vmfex/vmfex/guest/mem"
 	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/link"
+	"github.com/vmfex/vmfex/vem"
 	"github.com/vmfex/vmfex/vic"
 	"github.com/vmfex/vmfex/wire"
 )
@@ -79,6 +80,7 @@ type Host struct {
 	Name       string
 	ServerPort string
 	Adapter    *vic.Adapter
+	VEM        *vem.Switch
 	nextVif    uint16
 }
 
@@ -93,6 +95,7 @@ type VM struct {
 	IP      [4]byte
 	Traffic *guest.Traffic
 	VNIC    *vic.VNIC
+	Port    *vem.Port
 }
 
 // vifProgrammer lets the FI program an adapter's vifs (fabric cannot import
@@ -151,7 +154,7 @@ func Build(t Topology) (*Lab, error) {
 		if err := l.FI.AddServerPort(hs.ServerPort, fiEnd, vifProgrammer{a}); err != nil {
 			return nil, err
 		}
-		h := &Host{Name: hs.Name, ServerPort: hs.ServerPort, Adapter: a, nextVif: 1}
+		h := &Host{Name: hs.Name, ServerPort: hs.ServerPort, Adapter: a, VEM: vem.New(hs.Name, log), nextVif: 1}
 		hosts[hs.Name] = h
 		l.hosts = append(l.hosts, h)
 	}
@@ -229,7 +232,8 @@ func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.
 	if err != nil {
 		return nil, err
 	}
-	if err := hv.AttachDirect(vnic); err != nil {
+	port := h.VEM.AddPort(vs.Name+"/eth0", vnic)
+	if err := hv.AttachVNIC(vnic, port); err != nil {
 		return nil, err
 	}
 	veth := uint32(FirstDynamicVEth + len(l.vms))
@@ -239,7 +243,7 @@ func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.
 	}); err != nil {
 		return nil, err
 	}
-	return &VM{VM: hv, Host: h, VEth: veth, Vif: vif, Profile: vs.Profile, VLAN: vlan, IP: vs.IP, Traffic: traffic, VNIC: vnic}, nil
+	return &VM{VM: hv, Host: h, VEth: veth, Vif: vif, Profile: vs.Profile, VLAN: vlan, IP: vs.IP, Traffic: traffic, VNIC: vnic, Port: port}, nil
 }
 
 // Start runs the FI, the adapters and every VM (drivers come up; traffic
@@ -258,6 +262,7 @@ func (l *Lab) Start() error {
 		h.Adapter.Start()
 	}
 	for _, vm := range l.vms {
+		vm.Port.Start()
 		if err := vm.Start(); err != nil {
 			return err
 		}
@@ -337,6 +342,7 @@ func (l *Lab) Close() error {
 		if err := vm.Stop(); err != nil {
 			errs = append(errs, err)
 		}
+		vm.Port.Close()
 	}
 	for _, h := range l.hosts {
 		if err := h.Adapter.Close(); err != nil && !errors.Is(err, link.ErrClosed) {

@@ -43,3 +43,12 @@ type PortStats struct {
 	// or frames rejected because they were too large or malformed on arrival.
 	Drops uint64
 }
+
+// Sink takes frames by ownership as far as it has room, in order, like a
+// host-side receive ring: n buffers taken, full when it could not take them
+// all, and Space signals when room was made. A VEM port is one; an adapter
+// hands a vif's frames to it while the hypervisor drives the vNIC.
+type Sink interface {
+	Take(bufs []*Buf) (n int, full bool)
+	Space() <-chan struct{}
+}

@@ -26,6 +26,7 @@
 package vic
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,7 +159,7 @@ func (a *Adapter) CreateVNIC(vif uint16, mac wire.MAC, m *mem.Memory, sink vmxne
 	if len(cur) >= a.max {
 		return nil, fmt.Errorf("%w: %s has all %d in use", ErrPoolExhausted, a.name, a.max)
 	}
-	v := &VNIC{vif: vif, mac: mac, adapter: a, gone: make(chan struct{})}
+	v := &VNIC{vif: vif, mac: mac, adapter: a, gone: make(chan struct{}), retarget: make(chan struct{}, 1)}
 	v.dev = vmxnet3.New(m, sink, mac, v.doorbell)
 	next := make(map[uint16]*VNIC, len(cur)+1)
 	for k, x := range cur {
@@ -182,6 +183,8 @@ func (a *Adapter) DeleteVNIC(vif uint16) error {
 	v.deleted.Store(true)
 	close(v.gone) // wakes an rx engine waiting for this guest's buffers
 	v.dev.Quiesce()
+	// Frames its device still held for the guest are lost with it.
+	v.stats.rxDropped.Add(uint64(v.dev.HeldFrames(0)))
 	next := make(map[uint16]*VNIC, len(cur))
 	for k, x := range cur {
 		if k != vif {
@@ -360,37 +363,57 @@ func (a *Adapter) rxEngine() {
 	defer a.wg.Done()
 	batch := max(a.uplink.BatchSize(), 1)
 	bufs := make([]*link.Buf, batch)
-	frames := make([][]byte, 0, batch)
+	owner := make([]*VNIC, batch)
+	views := make([][]byte, 0, batch)
 	var h wire.FabricHeader
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Tracked like the engines, so that Close returns only once it is gone.
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		select {
+		case <-a.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		n, err := a.uplink.Recv(bufs)
 		if err != nil {
 			return
 		}
 		vnics := *a.vnics.Load()
-		var cur *VNIC
-		frames = frames[:0]
+		// Keep the frames that go to a vNIC at the front, in order, with
+		// the vNIC of each; deliver runs of the same vNIC together.
+		k := 0
 		for i := 0; i < n; i++ {
 			b := bufs[i]
 			v := a.classify(vnics, b, &h)
 			if v == nil {
+				b.Release()
+				bufs[i] = nil
 				continue
 			}
-			if v != cur && len(frames) > 0 {
-				if !a.deliver(cur, frames) {
-					link.ReleaseAll(bufs[:n])
-					return
-				}
-				frames = frames[:0]
+			bufs[i] = nil
+			bufs[k] = b
+			owner[k] = v
+			k++
+		}
+		for i := 0; i < k; {
+			j := i + 1
+			for j < k && owner[j] == owner[i] {
+				j++
 			}
-			cur = v
-			frames = append(frames, b.Bytes())
+			v := owner[i]
+			if !a.deliverTo(ctx, v, bufs[i:j], views) {
+				link.ReleaseAll(bufs[:k])
+				return
+			}
+			i = j
 		}
-		if len(frames) > 0 && !a.deliver(cur, frames) {
-			link.ReleaseAll(bufs[:n])
-			return
-		}
-		link.ReleaseAll(bufs[:n])
+		link.ReleaseAll(bufs[:k])
+		clear(owner[:k])
 	}
 }
 
@@ -423,37 +446,77 @@ func (a *Adapter) classify(vnics map[uint16]*VNIC, b *link.Buf, h *wire.FabricHe
 	return v
 }
 
-// deliver writes frames into v's rx ring, waiting for the guest to post
-// buffers when it has none. It returns false when the adapter is closing.
-func (a *Adapter) deliver(v *VNIC, frames [][]byte) bool {
-	for len(frames) > 0 {
-		r := v.dev.DeliverBatch(0, frames)
-		var bytes uint64
-		for _, f := range frames[:r.Written] {
-			bytes += uint64(len(f))
+// deliverTo hands bufs to v, in order: into its device (which copies them
+// into the guest's rx ring, or holds them while the guest has no buffers),
+// or, while the hypervisor drives the vNIC, to the host side, which takes
+// the buffers (their entries become nil). It waits while the receiver is
+// full — the guest or the host has not caught up — as a no-drop class
+// pauses its link, and it re-checks where the vif's frames go after every
+// wait, since a mode switch may have moved them. With no bufs it only lets
+// the device write what it holds. It returns false when the adapter closes.
+func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, views [][]byte) bool {
+	for {
+		v.rxMu.Lock()
+		var wait <-chan struct{}
+		done := false
+		if host := v.host; host != nil {
+			n, full := host.Take(bufs)
+			var bytes uint64
+			for i := 0; i < n; i++ {
+				bytes += uint64(bufs[i].Len)
+				bufs[i] = nil
+			}
+			bufs = bufs[n:]
+			v.stats.rxFrames.Add(uint64(n))
+			v.stats.rxBytes.Add(bytes)
+			v.stats.rxToHost.Add(uint64(n))
+			done = len(bufs) == 0
+			if full && !done {
+				wait = host.Space()
+			}
+		} else {
+			views = views[:0]
+			for _, b := range bufs {
+				views = append(views, b.Bytes())
+			}
+			r := v.dev.DeliverBatch(0, views)
+			// Frames count when they reach the guest's buffers; frames
+			// the device holds count then.
+			v.stats.rxFrames.Add(uint64(r.Written))
+			v.stats.rxBytes.Add(uint64(r.WrittenBytes))
+			v.stats.rxDropped.Add(uint64(r.Dropped))
+			bufs = bufs[r.Consumed:]
+			done = !r.Full && len(bufs) == 0
+			if r.Full {
+				wait = v.dev.RxSpace(0)
+			}
 		}
-		v.stats.rxFrames.Add(uint64(r.Written))
-		v.stats.rxBytes.Add(bytes)
-		if d := r.Consumed - r.Written; d > 0 {
-			v.stats.rxDropped.Add(uint64(d))
+		v.rxMu.Unlock()
+		if done {
+			return true
 		}
-		frames = frames[r.Consumed:]
-		if !r.Full {
+		if wait == nil {
 			continue
 		}
 		v.stats.rxWaits.Add(1)
+		kind := int32(1)
+		if wait != nil && v.host != nil {
+			kind = 2
+		}
+		v.waiting.Store(kind)
 		select {
-		case <-v.dev.RxSpace(0):
+		case <-wait:
+		case <-v.retarget:
 		case <-v.gone:
-		case <-a.done:
+		case <-ctx.Done():
 			return false
 		}
+		v.waiting.Store(0)
 		if v.deleted.Load() {
-			v.stats.rxDropped.Add(uint64(len(frames)))
+			v.stats.rxDropped.Add(uint64(len(bufs)))
 			return true
 		}
 	}
-	return true
 }
 
 // VNIC is one dynamic vNIC: a VMXNET3 device and its vif.
@@ -467,11 +530,21 @@ type VNIC struct {
 	deleted     atomic.Bool
 	gone        chan struct{} // closed by DeleteVNIC, after deleted is set
 	stats       vnicStats
+
+	// rxMu is held while the rx engine hands the vif's frames to the
+	// device or the host side, and by a hand-off: it is what makes a mode
+	// switch see every frame in exactly one place (host.go).
+	rxMu     sync.Mutex
+	host     link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
+	retarget chan struct{} // signalled after a hand-off moved the vif's frames
+	handoffs atomic.Uint64
+	waiting  atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
 }
 
 type vnicStats struct {
 	txFrames, txBytes atomic.Uint64
 	rxFrames, rxBytes atomic.Uint64
+	rxToHost          atomic.Uint64
 	txDropped         atomic.Uint64
 	rxDropped         atomic.Uint64
 	rxWaits           atomic.Uint64
@@ -484,6 +557,7 @@ type VNICStats struct {
 	TxDropped         uint64 // lost because the uplink closed
 	RxDropped         uint64 // rejected by the device (filters, inactive, errors)
 	RxWaits           uint64 // times the adapter waited for guest rx buffers
+	Waiting           string // what the rx engine waits on now: "", "guest", "host"
 }
 
 // Stats returns the vNIC's counters.
@@ -492,7 +566,7 @@ func (v *VNIC) Stats() VNICStats {
 		TxFrames: v.stats.txFrames.Load(), TxBytes: v.stats.txBytes.Load(),
 		RxFrames: v.stats.rxFrames.Load(), RxBytes: v.stats.rxBytes.Load(),
 		TxDropped: v.stats.txDropped.Load(), RxDropped: v.stats.rxDropped.Load(),
-		RxWaits: v.stats.rxWaits.Load(),
+		RxWaits: v.stats.rxWaits.Load(), Waiting: [...]string{"", "guest", "host"}[v.waiting.Load()],
 	}
 }
 

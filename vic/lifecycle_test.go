@@ -2,7 +2,6 @@ package vic_test
 
 import (
 	"errors"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -238,20 +237,18 @@ func TestClose(t *testing.T) {
 	}
 }
 
-// TestCloseLeavesNoGoroutineAtReturn: every goroutine the adapter started
-// has ended when Close returns, not merely soon after.
-func TestCloseLeavesNoGoroutineAtReturn(t *testing.T) {
+// TestCloseRepeated starts and closes adapters with guests again and
+// again: nothing accumulates (every engine and helper goroutine ends).
+func TestCloseRepeated(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	for i := 0; i < 20; i++ {
-		before := runtime.NumGoroutine()
-		up, fi := link.NewMemCable(0)
-		a := vic.New(vic.Config{Name: "leak", Uplink: up})
-		a.Start()
-		if err := a.Close(); err != nil {
-			t.Fatal(err)
-		}
-		_ = fi.Close()
-		if after := runtime.NumGoroutine(); after > before {
-			t.Fatalf("round %d: %d goroutines after Close, %d before", i, after, before)
+		r := newRig(t, 0, 0)
+		g := r.newVM(t, 1, vmOpts{send: 50})
+		r.sendDown(t, downFrame(1, 0, nil))
+		waitUntil(t, "the guest's frame", func() bool { return g.wl.rx.Load() == 1 })
+		g.stop()
+		if err := closeWithin(t, r.a); err != nil {
+			t.Fatalf("round %d: Close: %v", i, err)
 		}
 	}
 }

@@ -15,11 +15,13 @@ package vmxnet3
 
 // RxResult is what DeliverBatch did.
 type RxResult struct {
-	Consumed int  // input frames taken: written, held, or dropped and counted
-	Written  int  // frames written to guest buffers by this call (held ones included)
-	Held     int  // input frames the device holds because the guest has no buffers
-	Dropped  int  // frames (input or held) dropped and counted by a filter or check
-	Full     bool // the device holds frames: wait for RxSpace, then call again
+	Consumed int // input frames taken: written, held, or dropped and counted
+	Written  int // frames written to guest buffers by this call (held ones included)
+	// WrittenBytes are the bytes of the Written frames.
+	WrittenBytes int
+	Held         int  // input frames the device holds because the guest has no buffers
+	Dropped      int  // input frames dropped and counted by a filter or check
+	Full         bool // the device holds frames: wait for RxSpace, then call again
 }
 
 // PendingLimit bounds the frames an rx queue holds while the guest has no
@@ -110,9 +112,11 @@ func (d *Device) DeliverBatch(q int, frames [][]byte) RxResult {
 		switch r, e := d.place(rq, q, &st, rq.pending[rq.phead]); r {
 		case placed:
 			res.Written++
+			res.WrittenBytes += len(rq.pending[rq.phead])
 			rq.pop()
 		case dropped:
-			res.Dropped++
+			// Held while frozen, unfiltered; counted in Drops, not in
+			// res.Dropped, which is about this call's frames.
 			rq.pop()
 		case noRoom:
 			goto fresh
@@ -139,6 +143,7 @@ fresh:
 		switch r {
 		case placed:
 			res.Written++
+			res.WrittenBytes += len(f)
 		case dropped:
 			res.Dropped++
 		case noRoom:

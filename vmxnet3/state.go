@@ -376,3 +376,44 @@ func (d *Device) HeldFrames(q int) int {
 	defer d.rxq[q].mu.Unlock()
 	return d.rxq[q].npending()
 }
+
+// Snapshot returns the device's state without requiring a freeze, for
+// diagnostics and show commands: it is consistent per queue, not across
+// queues. Held frames are counted, not copied. A tx queue busy sending a
+// batch is reported with Err = 0xFFFFFFFF.
+func (d *Device) Snapshot() (State, []int) {
+	d.ctl.mu.Lock()
+	c := &d.ctl
+	s := State{
+		Version: StateVersion, VRRS: c.vrrs, UVRS: c.uvrs, DSPA: c.dsPA, LastCmd: c.lastCmd,
+		Active: d.active.Load(), ActivateOK: c.activateOK, MAC: c.mac, PermMAC: c.permMAC, LinkUp: c.linkUp,
+		Config: c.cfg,
+	}
+	d.ctl.mu.Unlock()
+	var held []int
+	for q := 0; q < s.Config.NumTxQueues && q < MaxTxQueues; q++ {
+		tq := &d.txq[q]
+		// A tx batch may be waiting for the wire with the lock held; a
+		// diagnostic must not wait for it.
+		if !tq.mu.TryLock() {
+			s.TxQueues = append(s.TxQueues, TxQueueState{Err: ^uint32(0)})
+			continue
+		}
+		s.TxQueues = append(s.TxQueues, TxQueueState{DescPA: tq.descPA, Ring: tq.ring, Comp: tq.comp, IntrIdx: tq.intrIdx, Stats: tq.stats, Stopped: tq.stopped, Err: tq.err})
+		tq.mu.Unlock()
+	}
+	for q := 0; q < s.Config.NumRxQueues && q < MaxRxQueues; q++ {
+		rq := &d.rxq[q]
+		rq.mu.Lock()
+		s.RxQueues = append(s.RxQueues, RxQueueState{DescPA: rq.descPA, Rings: rq.ring, Comp: rq.comp, IntrIdx: rq.intrIdx, Stats: rq.stats, Prod: rq.prod, Stopped: rq.stopped, Err: rq.err})
+		held = append(held, rq.npending())
+		rq.mu.Unlock()
+	}
+	d.irq.mu.Lock()
+	s.AutoMask = d.irq.autoMask
+	for v := range s.Vectors {
+		s.Vectors[v] = VectorState{Masked: d.irq.masked[v], Pending: d.irq.pending[v]}
+	}
+	d.irq.mu.Unlock()
+	return s, held
+}

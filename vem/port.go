@@ -1,0 +1,470 @@
+// Package vem is the per-host soft switch. In VM-FEX pass-through mode it
+// does no switching: each VM port carries the VM's frames between the
+// hypervisor's emulated VMXNET3 device and that VM's dynamic vNIC on the
+// adapter, now driven by the hypervisor, so the Fabric Interconnect sees the
+// same vEth whichever device carries the VM.
+//
+// Receive path (fabric to VM), in pass-through mode:
+//
+//  1. the adapter's rx engine hands the vif's frames to the port
+//     (link.Sink.Take), transferring the buffers: the port's queue is
+//     the host-side rx ring the hypervisor drives;
+//  2. the port's goroutine takes them in order and offers them to the
+//     emulated device (GuestRx.DeliverBatch), which copies them into guest
+//     memory and raises the guest's interrupt;
+//  3. while the guest has no buffers the device holds what it took and the
+//     goroutine waits for the guest's refill; the queue fills; the adapter
+//     then waits (lossless).
+//
+// Transmit path (VM to fabric):
+//
+//  1. in the hypervisor's doorbell trap, on the vCPU, the emulated device
+//     gathers as many packets as the port's tx queue has room for and
+//     Send queues them: the vCPU never waits for the fabric;
+//  2. the port's tx goroutine passes them to the vNIC, which tags them with
+//     the vif like its own and sends them up, waiting while the uplink is
+//     full;
+//  3. when the queue was full, the tx goroutine calls the device back once
+//     it has room (OnTxRoom), as a backend's completion does.
+//
+// Goroutines: each Port runs one delivery goroutine and one tx goroutine
+// between Start and Close. All methods are safe for concurrent use.
+package vem
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmfex/vmfex/link"
+	"github.com/vmfex/vmfex/vmxnet3"
+)
+
+// Mode is the VEM's switching mode.
+type Mode uint8
+
+// Modes.
+const (
+	// ModePassThrough is VM-FEX: no local switching, every frame goes to
+	// or comes from the VM's own vNIC on the adapter.
+	ModePassThrough Mode = iota + 1
+)
+
+// QueueDepth is the number of frames a port's host-side rx ring holds.
+const QueueDepth = 1024
+
+// batch is the frames offered to the guest per DeliverBatch.
+const batch = 64
+
+// Uplink is the VM's dynamic vNIC as the hypervisor drives it.
+type Uplink interface {
+	// HostSend tags and sends frames as the vNIC's own; it takes
+	// ownership of the first n buffers.
+	HostSend(bufs []*link.Buf) (n int, err error)
+}
+
+// GuestRx is the VM side of a port: the emulated device's receive queue.
+type GuestRx interface {
+	DeliverBatch(q int, frames [][]byte) vmxnet3.RxResult
+	RxSpace(q int) <-chan struct{}
+}
+
+// Errors.
+var (
+	ErrClosed   = errors.New("vem: port closed")
+	ErrNoGuest  = errors.New("vem: no emulated device attached to the port")
+	ErrNoUplink = errors.New("vem: port has no vNIC uplink")
+)
+
+// Switch is one host's VEM.
+type Switch struct {
+	host string
+	mode Mode
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	ports map[string]*Port
+}
+
+// New returns the VEM of host, in pass-through mode.
+func New(host string, log *slog.Logger) *Switch {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Switch{host: host, mode: ModePassThrough, log: log.With("component", "vem", "host", host), ports: map[string]*Port{}}
+}
+
+// Mode returns the VEM's mode.
+func (s *Switch) Mode() Mode { return s.mode }
+
+// AddPort creates the port of one VM vNIC ("vm/eth0"); Start runs it.
+func (s *Switch) AddPort(name string, up Uplink) *Port {
+	p := &Port{
+		name:   name,
+		up:     up,
+		log:    s.log.With("port", name),
+		ring:   make([]*link.Buf, QueueDepth),
+		more:   make(chan struct{}, 1),
+		space:  make(chan struct{}, 1),
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		txRing: make([]*link.Buf, QueueDepth),
+		txMore: make(chan struct{}, 1),
+		txIdle: make(chan struct{}, 1),
+		frames: make([][]byte, 0, batch),
+	}
+	s.mu.Lock()
+	s.ports[name] = p
+	s.mu.Unlock()
+	return p
+}
+
+// RemovePort closes and forgets a port.
+func (s *Switch) RemovePort(name string) {
+	s.mu.Lock()
+	p := s.ports[name]
+	delete(s.ports, name)
+	s.mu.Unlock()
+	if p != nil {
+		p.Close()
+	}
+}
+
+// Port is one VM vNIC's attachment to the VEM.
+type Port struct {
+	name string
+	up   Uplink
+	log  *slog.Logger
+
+	// mu serialises delivery to the guest against attach/detach: the
+	// delivery goroutine takes frames from the queue and offers them to
+	// the guest only while holding it.
+	mu    sync.Mutex
+	guest GuestRx // guarded by mu; nil while the vNIC runs direct
+
+	qmu  sync.Mutex // guards ring, head, n
+	ring []*link.Buf
+	head int
+	n    int
+
+	txMu     sync.Mutex // guards txRing, txHead, txN
+	txRing   []*link.Buf
+	txHead   int
+	txN      int
+	txMore   chan struct{} // frames were queued for transmit
+	txBusy   bool          // guarded by txMu: the tx goroutine is sending a batch
+	txIdle   chan struct{} // signalled after each batch the tx goroutine sent
+	txWanted atomic.Bool   // the device found the queue full and waits for room
+	onTxRoom atomic.Pointer[func()]
+
+	more   chan struct{} // frames were queued
+	space  chan struct{} // room was made in the queue
+	kick   chan struct{} // re-check the guest (after attach)
+	done   chan struct{}
+	closed atomic.Bool
+	wg     sync.WaitGroup
+	frames [][]byte // scratch of the delivery goroutine
+
+	stats struct {
+		rxFrames, txFrames, txDropped atomic.Uint64
+	}
+}
+
+// Name returns the port's name.
+func (p *Port) Name() string { return p.name }
+
+// Start runs the port's delivery and tx goroutines.
+func (p *Port) Start() {
+	p.wg.Add(2)
+	go p.deliverLoop()
+	go p.txLoop()
+}
+
+// Close stops the port and releases queued frames. Idempotent.
+func (p *Port) Close() {
+	if p.closed.Swap(true) {
+		return
+	}
+	close(p.done)
+	p.wg.Wait()
+	p.qmu.Lock()
+	for p.n > 0 {
+		p.ring[p.head].Release()
+		p.ring[p.head] = nil
+		p.head = (p.head + 1) % len(p.ring)
+		p.n--
+	}
+	p.qmu.Unlock()
+	p.txMu.Lock()
+	for p.txN > 0 {
+		p.txRing[p.txHead].Release()
+		p.txRing[p.txHead] = nil
+		p.txHead = (p.txHead + 1) % len(p.txRing)
+		p.txN--
+	}
+	p.txMu.Unlock()
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Take implements link.Sink: it takes ownership of as many buffers
+// as the host-side queue has room for, in order, and reports full when it
+// could not take them all (then wait for Space).
+func (p *Port) Take(bufs []*link.Buf) (n int, full bool) {
+	if p.closed.Load() {
+		return 0, true
+	}
+	p.qmu.Lock()
+	for n < len(bufs) && p.n < len(p.ring) {
+		p.ring[(p.head+p.n)%len(p.ring)] = bufs[n]
+		p.n++
+		n++
+	}
+	p.qmu.Unlock()
+	if n > 0 {
+		signal(p.more)
+	}
+	return n, n < len(bufs)
+}
+
+// Space implements link.Sink: it receives after the queue drained.
+func (p *Port) Space() <-chan struct{} { return p.space }
+
+// Queued returns the frames waiting in the host-side queue.
+func (p *Port) Queued() int {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	return p.n
+}
+
+// TxRoom returns how many frames Send would take now.
+func (p *Port) TxRoom() int {
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	return len(p.txRing) - p.txN
+}
+
+// OnTxRoom sets the function the tx goroutine calls after the queue, found
+// full by WantTxRoom, has room again. It runs on the tx goroutine.
+func (p *Port) OnTxRoom(fn func()) { p.onTxRoom.Store(&fn) }
+
+// WantTxRoom asks for an OnTxRoom call once the queue has room. It reports
+// whether there is room already (then no call is promised): the caller
+// checks again instead of sleeping on a wake-up that already happened.
+func (p *Port) WantTxRoom() bool {
+	p.txWanted.Store(true)
+	if p.TxRoom() > 0 {
+		p.txWanted.Store(false)
+		return true
+	}
+	return false
+}
+
+// Send queues frames from the emulated device for the vNIC. It never waits:
+// it takes as many as the queue has room for (the device asks TxRoom
+// first) and returns how many; it takes ownership of those.
+func (p *Port) Send(bufs []*link.Buf) int {
+	if p.closed.Load() {
+		return 0
+	}
+	p.txMu.Lock()
+	n := 0
+	for n < len(bufs) && p.txN < len(p.txRing) {
+		p.txRing[(p.txHead+p.txN)%len(p.txRing)] = bufs[n]
+		p.txN++
+		n++
+	}
+	p.txMu.Unlock()
+	if n > 0 {
+		signal(p.txMore)
+	}
+	return n
+}
+
+// WaitTxIdle waits until every frame Send took has been passed to the vNIC.
+// A switch back to the direct path calls it, with the emulated device
+// frozen, so that the guest's older frames leave before its newer ones.
+func (p *Port) WaitTxIdle(done <-chan struct{}) bool {
+	for {
+		p.txMu.Lock()
+		idle := p.txN == 0 && !p.txBusy
+		p.txMu.Unlock()
+		if idle || p.closed.Load() {
+			return true
+		}
+		select {
+		case <-p.txIdle:
+		case <-done:
+			return false
+		case <-p.done:
+			return true
+		}
+	}
+}
+
+// txLoop passes queued frames to the vNIC in order.
+func (p *Port) txLoop() {
+	defer p.wg.Done()
+	batchBufs := make([]*link.Buf, batch)
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.txMore:
+		}
+		for {
+			p.txMu.Lock()
+			k := min(p.txN, batch)
+			for i := 0; i < k; i++ {
+				batchBufs[i] = p.txRing[p.txHead]
+				p.txRing[p.txHead] = nil
+				p.txHead = (p.txHead + 1) % len(p.txRing)
+			}
+			p.txN -= k
+			p.txBusy = k > 0
+			p.txMu.Unlock()
+			if k == 0 {
+				signal(p.txIdle)
+				break
+			}
+			if p.up == nil {
+				link.ReleaseAll(batchBufs[:k])
+				p.stats.txDropped.Add(uint64(k))
+			} else {
+				n, _ := p.up.HostSend(batchBufs[:k])
+				p.stats.txFrames.Add(uint64(n))
+				if n < k {
+					p.stats.txDropped.Add(uint64(k - n))
+					link.ReleaseAll(batchBufs[n:k])
+				}
+			}
+			clear(batchBufs[:k])
+			p.txMu.Lock()
+			p.txBusy = false
+			p.txMu.Unlock()
+			signal(p.txIdle)
+			if p.txWanted.Swap(false) {
+				if fn := p.onTxRoom.Load(); fn != nil {
+					(*fn)()
+				}
+			}
+		}
+	}
+}
+
+// AttachGuest makes g the receiver of the port's frames (the VM now runs
+// on its emulated device) and kicks delivery: frames the device holds from
+// the hand-off go first.
+func (p *Port) AttachGuest(g GuestRx) {
+	p.mu.Lock()
+	p.guest = g
+	p.mu.Unlock()
+	signal(p.kick)
+}
+
+// DetachGuest stops delivery to the emulated device and returns copies of
+// the frames still queued for it, oldest first, emptying the queue. It
+// runs while the vNIC's rx is held by the adapter, so no frame can arrive
+// meanwhile; the hand-off appends them behind the device's held frames.
+func (p *Port) DetachGuest() [][]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.guest = nil
+	p.qmu.Lock()
+	var out [][]byte
+	for p.n > 0 {
+		b := p.ring[p.head]
+		out = append(out, append([]byte(nil), b.Bytes()...))
+		b.Release()
+		p.ring[p.head] = nil
+		p.head = (p.head + 1) % len(p.ring)
+		p.n--
+	}
+	p.qmu.Unlock()
+	signal(p.space)
+	return out
+}
+
+// deliverLoop moves frames from the host-side queue to the guest.
+func (p *Port) deliverLoop() {
+	defer p.wg.Done()
+	var wait <-chan struct{} // the guest's RxSpace while it holds frames
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.more:
+		case <-p.kick:
+		case <-wait:
+		}
+		wait = nil
+		for {
+			full, progressed, space := p.deliverOnce()
+			if full {
+				wait = space
+				break
+			}
+			if !progressed {
+				break
+			}
+		}
+	}
+}
+
+// deliverOnce offers one batch to the guest under mu. It reports whether
+// the guest is full (and the channel that signals room) and whether it
+// made progress.
+func (p *Port) deliverOnce() (full, progressed bool, space <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g := p.guest
+	if g == nil {
+		return false, false, nil
+	}
+	p.qmu.Lock()
+	k := min(p.n, batch)
+	p.frames = p.frames[:0]
+	for i := 0; i < k; i++ {
+		p.frames = append(p.frames, p.ring[(p.head+i)%len(p.ring)].Bytes())
+	}
+	p.qmu.Unlock()
+	// Offered even when empty: the device writes the frames it holds.
+	r := g.DeliverBatch(0, p.frames)
+	if r.Consumed > 0 {
+		p.qmu.Lock()
+		for i := 0; i < r.Consumed; i++ {
+			p.ring[p.head].Release()
+			p.ring[p.head] = nil
+			p.head = (p.head + 1) % len(p.ring)
+			p.n--
+		}
+		p.qmu.Unlock()
+		p.stats.rxFrames.Add(uint64(r.Consumed))
+		signal(p.space)
+	}
+	return r.Full, r.Consumed > 0 || r.Written > 0, g.RxSpace(0)
+}
+
+// PortStats are a port's counters.
+type PortStats struct {
+	RxFrames  uint64 // delivered to the emulated device
+	TxFrames  uint64 // sent up through the vNIC
+	TxDropped uint64 // lost because the uplink closed
+	Queued    int
+}
+
+// Stats returns the port's counters.
+func (p *Port) Stats() PortStats {
+	return PortStats{
+		RxFrames: p.stats.rxFrames.Load(), TxFrames: p.stats.txFrames.Load(),
+		TxDropped: p.stats.txDropped.Load(), Queued: p.Queued(),
+	}
+}
+
+var _ link.Sink = (*Port)(nil)
