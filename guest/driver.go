@@ -632,3 +632,22 @@ func (d *Driver) Pending() bool {
 func (d *Driver) CountInterrupt() { d.count(cInterrupts, 1) }
 
 var _ NetDev = (*Driver)(nil)
+
+// RingState is the driver's view of its rings, read from guest memory, for
+// diagnostics.
+type RingState struct {
+	TxNext, TxGen, TxOldest, TxOutstanding, TxCompNext, TxCompGen uint32
+	RxFill0, RxFillGen0, RxCons0, RxFill1, RxFillGen1, RxCons1    uint32
+	RxCompNext, RxCompGen                                         uint32
+}
+
+// Rings returns the driver's ring positions.
+func (d *Driver) Rings() RingState {
+	return RingState{
+		TxNext: d.st(stTxNext), TxGen: d.st(stTxGen), TxOldest: d.st(stTxOldest), TxOutstanding: d.st(stTxOutst),
+		TxCompNext: d.st(stTxCompNext), TxCompGen: d.st(stTxCompGen),
+		RxFill0: d.st(stRxFill0), RxFillGen0: d.st(stRxFillGen0), RxCons0: d.st(stRxCons0),
+		RxFill1: d.st(stRxFill1), RxFillGen1: d.st(stRxFillGen1), RxCons1: d.st(stRxCons1),
+		RxCompNext: d.st(stRxCompNext), RxCompGen: d.st(stRxCompGen),
+	}
+}

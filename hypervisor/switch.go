@@ -138,14 +138,9 @@ func (vm *VM) SwitchMode(ctx context.Context, to Mode) (SwitchTiming, error) {
 			ctl.repoint(emu.BAR1())
 		}
 	case ModeDirect:
+		// Frames the emulated device already queued on the vNIC stay
+		// there and leave before any the adapter takes from the ring.
 		emu.dev.Freeze()
-		// Frames the emulated device already handed to the VEM leave
-		// before any the adapter will send: no reordering at the switch.
-		if !port.WaitTxIdle(ctx.Done()) {
-			emu.dev.Thaw()
-			err = fmt.Errorf("drain the VEM: %w", ctx.Err())
-			break
-		}
 		if err = pause(); err != nil {
 			emu.dev.Thaw()
 			break

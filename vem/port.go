@@ -19,16 +19,16 @@
 // Transmit path (VM to fabric):
 //
 //  1. in the hypervisor's doorbell trap, on the vCPU, the emulated device
-//     gathers as many packets as the port's tx queue has room for and
-//     Send queues them: the vCPU never waits for the fabric;
-//  2. the port's tx goroutine passes them to the vNIC, which tags them with
-//     the vif like its own and sends them up, waiting while the uplink is
-//     full;
-//  3. when the queue was full, the tx goroutine calls the device back once
-//     it has room (OnTxRoom), as a backend's completion does.
+//     gathers as many packets as the vNIC's host tx queue has room for and
+//     Send queues them there: the vCPU never waits for the fabric;
+//  2. the adapter's tx engine sends them, tagged with the vif like the
+//     guest's own, before anything it later takes from the guest's ring,
+//     so frames keep their order across mode switches;
+//  3. when the queue was full, the adapter calls the device back once it
+//     has room (OnTxRoom), as a backend's completion does.
 //
-// Goroutines: each Port runs one delivery goroutine and one tx goroutine
-// between Start and Close. All methods are safe for concurrent use.
+// Goroutines: each Port runs one delivery goroutine between Start and
+// Close. All methods are safe for concurrent use.
 package vem
 
 import (
@@ -57,11 +57,13 @@ const QueueDepth = 1024
 // batch is the frames offered to the guest per DeliverBatch.
 const batch = 64
 
-// Uplink is the VM's dynamic vNIC as the hypervisor drives it.
+// Uplink is the VM's dynamic vNIC as the hypervisor drives it: a host tx
+// queue that never blocks (vic.VNIC implements it).
 type Uplink interface {
-	// HostSend tags and sends frames as the vNIC's own; it takes
-	// ownership of the first n buffers.
-	HostSend(bufs []*link.Buf) (n int, err error)
+	HostQueue(bufs []*link.Buf) int
+	HostTxRoom() int
+	HostWantRoom() bool
+	OnHostTxRoom(fn func())
 }
 
 // GuestRx is the VM side of a port: the emulated device's receive queue.
@@ -109,9 +111,6 @@ func (s *Switch) AddPort(name string, up Uplink) *Port {
 		space:  make(chan struct{}, 1),
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
-		txRing: make([]*link.Buf, QueueDepth),
-		txMore: make(chan struct{}, 1),
-		txIdle: make(chan struct{}, 1),
 		frames: make([][]byte, 0, batch),
 	}
 	s.mu.Lock()
@@ -148,16 +147,6 @@ type Port struct {
 	head int
 	n    int
 
-	txMu     sync.Mutex // guards txRing, txHead, txN
-	txRing   []*link.Buf
-	txHead   int
-	txN      int
-	txMore   chan struct{} // frames were queued for transmit
-	txBusy   bool          // guarded by txMu: the tx goroutine is sending a batch
-	txIdle   chan struct{} // signalled after each batch the tx goroutine sent
-	txWanted atomic.Bool   // the device found the queue full and waits for room
-	onTxRoom atomic.Pointer[func()]
-
 	more   chan struct{} // frames were queued
 	space  chan struct{} // room was made in the queue
 	kick   chan struct{} // re-check the guest (after attach)
@@ -174,11 +163,10 @@ type Port struct {
 // Name returns the port's name.
 func (p *Port) Name() string { return p.name }
 
-// Start runs the port's delivery and tx goroutines.
+// Start runs the port's delivery goroutine.
 func (p *Port) Start() {
-	p.wg.Add(2)
+	p.wg.Add(1)
 	go p.deliverLoop()
-	go p.txLoop()
 }
 
 // Close stops the port and releases queued frames. Idempotent.
@@ -196,14 +184,6 @@ func (p *Port) Close() {
 		p.n--
 	}
 	p.qmu.Unlock()
-	p.txMu.Lock()
-	for p.txN > 0 {
-		p.txRing[p.txHead].Release()
-		p.txRing[p.txHead] = nil
-		p.txHead = (p.txHead + 1) % len(p.txRing)
-		p.txN--
-	}
-	p.txMu.Unlock()
 }
 
 func signal(c chan struct{}) {
@@ -245,117 +225,39 @@ func (p *Port) Queued() int {
 
 // TxRoom returns how many frames Send would take now.
 func (p *Port) TxRoom() int {
-	p.txMu.Lock()
-	defer p.txMu.Unlock()
-	return len(p.txRing) - p.txN
-}
-
-// OnTxRoom sets the function the tx goroutine calls after the queue, found
-// full by WantTxRoom, has room again. It runs on the tx goroutine.
-func (p *Port) OnTxRoom(fn func()) { p.onTxRoom.Store(&fn) }
-
-// WantTxRoom asks for an OnTxRoom call once the queue has room. It reports
-// whether there is room already (then no call is promised): the caller
-// checks again instead of sleeping on a wake-up that already happened.
-func (p *Port) WantTxRoom() bool {
-	p.txWanted.Store(true)
-	if p.TxRoom() > 0 {
-		p.txWanted.Store(false)
-		return true
-	}
-	return false
-}
-
-// Send queues frames from the emulated device for the vNIC. It never waits:
-// it takes as many as the queue has room for (the device asks TxRoom
-// first) and returns how many; it takes ownership of those.
-func (p *Port) Send(bufs []*link.Buf) int {
-	if p.closed.Load() {
+	if p.up == nil {
 		return 0
 	}
-	p.txMu.Lock()
-	n := 0
-	for n < len(bufs) && p.txN < len(p.txRing) {
-		p.txRing[(p.txHead+p.txN)%len(p.txRing)] = bufs[n]
-		p.txN++
-		n++
+	return p.up.HostTxRoom()
+}
+
+// OnTxRoom sets the function called, on the adapter's tx engine, after the
+// vNIC's host queue, found full by WantTxRoom, has room again.
+func (p *Port) OnTxRoom(fn func()) {
+	if p.up != nil {
+		p.up.OnHostTxRoom(fn)
 	}
-	p.txMu.Unlock()
-	if n > 0 {
-		signal(p.txMore)
+}
+
+// WantTxRoom asks for an OnTxRoom call once there is room; it reports true,
+// promising nothing, when there is room already.
+func (p *Port) WantTxRoom() bool {
+	if p.up == nil {
+		return false
 	}
+	return p.up.HostWantRoom()
+}
+
+// Send queues frames from the emulated device on the vNIC. It never waits:
+// it takes (and owns) as many as there is room for (the device asks TxRoom
+// first) and returns how many.
+func (p *Port) Send(bufs []*link.Buf) int {
+	if p.closed.Load() || p.up == nil {
+		return 0
+	}
+	n := p.up.HostQueue(bufs)
+	p.stats.txFrames.Add(uint64(n))
 	return n
-}
-
-// WaitTxIdle waits until every frame Send took has been passed to the vNIC.
-// A switch back to the direct path calls it, with the emulated device
-// frozen, so that the guest's older frames leave before its newer ones.
-func (p *Port) WaitTxIdle(done <-chan struct{}) bool {
-	for {
-		p.txMu.Lock()
-		idle := p.txN == 0 && !p.txBusy
-		p.txMu.Unlock()
-		if idle || p.closed.Load() {
-			return true
-		}
-		select {
-		case <-p.txIdle:
-		case <-done:
-			return false
-		case <-p.done:
-			return true
-		}
-	}
-}
-
-// txLoop passes queued frames to the vNIC in order.
-func (p *Port) txLoop() {
-	defer p.wg.Done()
-	batchBufs := make([]*link.Buf, batch)
-	for {
-		select {
-		case <-p.done:
-			return
-		case <-p.txMore:
-		}
-		for {
-			p.txMu.Lock()
-			k := min(p.txN, batch)
-			for i := 0; i < k; i++ {
-				batchBufs[i] = p.txRing[p.txHead]
-				p.txRing[p.txHead] = nil
-				p.txHead = (p.txHead + 1) % len(p.txRing)
-			}
-			p.txN -= k
-			p.txBusy = k > 0
-			p.txMu.Unlock()
-			if k == 0 {
-				signal(p.txIdle)
-				break
-			}
-			if p.up == nil {
-				link.ReleaseAll(batchBufs[:k])
-				p.stats.txDropped.Add(uint64(k))
-			} else {
-				n, _ := p.up.HostSend(batchBufs[:k])
-				p.stats.txFrames.Add(uint64(n))
-				if n < k {
-					p.stats.txDropped.Add(uint64(k - n))
-					link.ReleaseAll(batchBufs[n:k])
-				}
-			}
-			clear(batchBufs[:k])
-			p.txMu.Lock()
-			p.txBusy = false
-			p.txMu.Unlock()
-			signal(p.txIdle)
-			if p.txWanted.Swap(false) {
-				if fn := p.onTxRoom.Load(); fn != nil {
-					(*fn)()
-				}
-			}
-		}
-	}
 }
 
 // AttachGuest makes g the receiver of the port's frames (the VM now runs

@@ -83,6 +83,8 @@ type Adapter struct {
 	wg     sync.WaitGroup
 
 	drops AdapterDrops
+
+	RxWaitVif atomic.Uint32 // debug: vif<<8|kind the rx engine waits on
 }
 
 // AdapterDrops counts frames from the uplink that no vNIC could take.
@@ -183,6 +185,7 @@ func (a *Adapter) DeleteVNIC(vif uint16) error {
 	v.deleted.Store(true)
 	close(v.gone) // wakes an rx engine waiting for this guest's buffers
 	v.dev.Quiesce()
+	v.stats.txDropped.Add(uint64(v.dropBacklog()))
 	// Frames its device still held for the guest are lost with it.
 	v.stats.rxDropped.Add(uint64(v.dev.HeldFrames(0)))
 	next := make(map[uint16]*VNIC, len(cur))
@@ -255,12 +258,27 @@ func (a *Adapter) txEngine() {
 		if v.deleted.Load() {
 			continue
 		}
+		// 1. Frames the hypervisor queued while it drove the vNIC go
+		//    first: they are older than anything still in the guest's ring.
+		if n, err := a.sendBacklog(v); err == link.ErrClosed {
+			return
+		} else if n > 0 {
+			v.doorbell(vmxnet3.DoorbellTx, 0)
+			continue
+		}
+		// 2. The guest's tx ring. ProcessTx gathers and completes under the
+		//    device's queue lock; the send happens after it is released, so
+		//    a hand-off never waits for the wire (every cable is lossless).
+		//    This engine is the only sender of the vif's frames, so they
+		//    leave in ring order whichever side queued them.
 		for i := range bufs {
 			views[i] = bufs[i].Space()[:link.MaxFrame]
 		}
-		n := v.dev.ProcessTx(0, views, lens, metas, func(n int) {
-			sendErr = a.sendUp(v, bufs[:n], lens, metas)
-		})
+		gathered := 0
+		n := v.dev.ProcessTx(0, views, lens, metas, func(n int) { gathered = n })
+		if gathered > 0 {
+			sendErr = a.sendUp(v, bufs[:gathered], lens, metas)
+		}
 		if sendErr == link.ErrClosed {
 			return
 		}
@@ -459,11 +477,20 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 		v.rxMu.Lock()
 		var wait <-chan struct{}
 		done := false
+		kind := int32(1)
 		if host := v.host; host != nil {
-			n, full := host.Take(bufs)
+			kind = 2
+			// Count before Take: the buffers it takes are the host's at
+			// once, and may be released before Take returns.
 			var bytes uint64
+			for _, b := range bufs {
+				bytes += uint64(b.Len)
+			}
+			n, full := host.Take(bufs)
+			for _, b := range bufs[n:] {
+				bytes -= uint64(b.Len)
+			}
 			for i := 0; i < n; i++ {
-				bytes += uint64(bufs[i].Len)
 				bufs[i] = nil
 			}
 			bufs = bufs[n:]
@@ -499,11 +526,9 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 			continue
 		}
 		v.stats.rxWaits.Add(1)
-		kind := int32(1)
-		if wait != nil && v.host != nil {
-			kind = 2
-		}
 		v.waiting.Store(kind)
+		v.dbgWaitBufs.Store(int64(len(bufs)))
+		a.RxWaitVif.Store(uint32(v.vif)<<8 | uint32(kind))
 		select {
 		case <-wait:
 		case <-v.retarget:
@@ -512,6 +537,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 			return false
 		}
 		v.waiting.Store(0)
+		a.RxWaitVif.Store(0)
 		if v.deleted.Load() {
 			v.stats.rxDropped.Add(uint64(len(bufs)))
 			return true
@@ -534,11 +560,19 @@ type VNIC struct {
 	// rxMu is held while the rx engine hands the vif's frames to the
 	// device or the host side, and by a hand-off: it is what makes a mode
 	// switch see every frame in exactly one place (host.go).
-	rxMu     sync.Mutex
-	host     link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
-	retarget chan struct{} // signalled after a hand-off moved the vif's frames
-	handoffs atomic.Uint64
-	waiting  atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
+	// txMu guards backlog: frames the hypervisor queued (host mode).
+	txMu     sync.Mutex
+	backlog  []*link.Buf
+	txOut    []*link.Buf // the tx engine's scratch for one backlog batch
+	wantRoom atomic.Bool
+	roomFn   atomic.Pointer[func()]
+
+	rxMu        sync.Mutex
+	host        link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
+	retarget    chan struct{} // signalled after a hand-off moved the vif's frames
+	handoffs    atomic.Uint64
+	waiting     atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
+	dbgWaitBufs atomic.Int64
 }
 
 type vnicStats struct {
@@ -566,7 +600,7 @@ func (v *VNIC) Stats() VNICStats {
 		TxFrames: v.stats.txFrames.Load(), TxBytes: v.stats.txBytes.Load(),
 		RxFrames: v.stats.rxFrames.Load(), RxBytes: v.stats.rxBytes.Load(),
 		TxDropped: v.stats.txDropped.Load(), RxDropped: v.stats.rxDropped.Load(),
-		RxWaits: v.stats.rxWaits.Load(), Waiting: [...]string{"", "guest", "host"}[v.waiting.Load()],
+		RxWaits: v.stats.rxWaits.Load(), Waiting: fmt.Sprintf("%d/%d", v.waiting.Load(), v.dbgWaitBufs.Load()),
 	}
 }
 

@@ -60,7 +60,10 @@ func BenchmarkAdapterTx(b *testing.B) {
 			up, fi := link.NewMemCable(0)
 			r := newRigOn(b, up, fi)
 			drain := startDrain(fi)
-			b.Cleanup(func() { <-drain.done })
+			b.Cleanup(func() {
+				_ = r.a.Close() // closes the cable, which ends the drain
+				<-drain.done
+			})
 			g := r.newVM(b, 1, vmOpts{frameLen: size, count: true})
 			r.a.SetVifVLAN(1, 100)
 			const warm = 2000 // fill the buffer pools and grow every slice

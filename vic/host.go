@@ -111,49 +111,121 @@ func (v *VNIC) Kick() {
 	// The rx engine only offers frames when some arrive; held frames must
 	// not wait for the next one.
 	a := v.adapter
-	a.wg.Add(1)
+	if a.closed.Load() {
+		return
+	}
+	a.wg.Add(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { // tracked: ends with the flush or the adapter
+		defer a.wg.Done()
+		select {
+		case <-a.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	go func() {
 		defer a.wg.Done()
-		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go func() {
-			select {
-			case <-a.done:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		a.deliverTo(ctx, v, nil, nil)
 	}()
 }
 
-// HostSend implements vem.Uplink: frames from the hypervisor's emulated
-// device leave as the vNIC's own, tagged with its vif. It takes ownership
-// of the first n buffers (all of them unless the uplink closed).
-func (v *VNIC) HostSend(bufs []*link.Buf) (int, error) {
+// HostTxDepth bounds the frames the hypervisor may queue on a vNIC.
+const HostTxDepth = 1024
+
+// HostQueue queues frames from the hypervisor's emulated device for
+// transmission as the vNIC's own, tagged with its vif. It never waits: it
+// takes (and owns) as many as there is room for and returns how many. The
+// adapter's tx engine sends them, in order, before anything it gathers from
+// the guest's ring afterwards.
+func (v *VNIC) HostQueue(bufs []*link.Buf) int {
+	v.txMu.Lock()
+	n := min(len(bufs), HostTxDepth-len(v.backlog))
+	v.backlog = append(v.backlog, bufs[:n]...)
+	v.txMu.Unlock()
+	if n > 0 {
+		v.doorbell(vmxnet3.DoorbellTx, 0)
+	}
+	return n
+}
+
+// HostTxRoom returns how many frames HostQueue would take now.
+func (v *VNIC) HostTxRoom() int {
+	v.txMu.Lock()
+	defer v.txMu.Unlock()
+	return HostTxDepth - len(v.backlog)
+}
+
+// HostWantRoom asks for an OnHostTxRoom call once the queue has room; it
+// reports true, promising nothing, when there is room already.
+func (v *VNIC) HostWantRoom() bool {
+	v.wantRoom.Store(true)
+	if v.HostTxRoom() > 0 {
+		v.wantRoom.Store(false)
+		return true
+	}
+	return false
+}
+
+// OnHostTxRoom sets the call-back the tx engine makes when the queue, found
+// full, has room again. It runs on the adapter's tx engine and must not
+// block.
+func (v *VNIC) OnHostTxRoom(fn func()) { v.roomFn.Store(&fn) }
+
+// sendBacklog sends up to one batch of the frames the hypervisor queued.
+func (a *Adapter) sendBacklog(v *VNIC) (int, error) {
+	v.txMu.Lock()
+	k := min(len(v.backlog), txBatch)
+	batch := v.txOut[:0]
+	batch = append(batch, v.backlog[:k]...)
+	rest := copy(v.backlog, v.backlog[k:])
+	clear(v.backlog[rest:])
+	v.backlog = v.backlog[:rest]
+	v.txMu.Unlock()
+	v.txOut = batch[:0]
+	if k == 0 {
+		return 0, nil
+	}
 	vlan := uint16(v.defaultVLAN.Load())
 	tag := wire.VNTag{SVIF: v.vif}
 	var bytes uint64
-	k := 0
-	for i, b := range bufs {
+	j := 0
+	for _, b := range batch {
 		n := b.Len
 		if !tagUp(b, vmxnet3.TxMeta{}, vlan, tag) {
-			v.adapter.drops.TxTagFail.Add(1)
+			a.drops.TxTagFail.Add(1)
 			b.Release()
 			continue
 		}
 		bytes += uint64(n)
-		bufs[k], bufs[i] = b, bufs[k]
-		k++
+		batch[j] = b
+		j++
 	}
-	n, err := v.adapter.uplink.Send(bufs[:k])
+	n, err := a.uplink.Send(batch[:j])
 	v.stats.txFrames.Add(uint64(n))
 	v.stats.txBytes.Add(bytes)
 	if err != nil {
-		v.stats.txDropped.Add(uint64(k - n))
-		link.ReleaseAll(bufs[n:k])
+		v.stats.txDropped.Add(uint64(j - n))
+		link.ReleaseAll(batch[n:j])
 	}
-	return len(bufs), err
+	clear(batch)
+	if v.wantRoom.Swap(false) {
+		if fn := v.roomFn.Load(); fn != nil {
+			(*fn)()
+		}
+	}
+	return k, err
+}
+
+// dropBacklog releases queued host frames (the vNIC is going away).
+func (v *VNIC) dropBacklog() int {
+	v.txMu.Lock()
+	defer v.txMu.Unlock()
+	n := len(v.backlog)
+	link.ReleaseAll(v.backlog)
+	v.backlog = v.backlog[:0]
+	return n
 }
 
 func signalChan(c chan struct{}) {

@@ -18,12 +18,14 @@ import (
 func TestIsolationQueueErrors(t *testing.T) {
 	r := newRig(t, 0, 0)
 	fr := r.startReader()
-	const bVif, nB = 20, 5000
+	const bVif, chunk = 20, 700
 	b := r.newVM(t, bVif, vmOpts{})
 	r.a.SetVifVLAN(bVif, 10)
 
-	// B's traffic runs across all the misbehaving guests below.
-	b.send(nB)
+	// B's traffic runs across all the misbehaving guests below: its guest
+	// sends a chunk as each one misbehaves, and the FI sends to it all along.
+	const nB = chunk * 7 // a chunk now, one per fault below, one at the end
+	b.send(chunk)
 	down := make([][]byte, nB)
 	for i := range down {
 		down[i] = downFrame(bVif, uint64(i), ptr(wire.TCI(0, 10)))
@@ -49,6 +51,7 @@ func TestIsolationQueueErrors(t *testing.T) {
 	}
 	for i, tc := range txCases {
 		t.Run("tx/"+tc.name, func(t *testing.T) {
+			b.send(chunk)
 			vif := uint16(100 + i)
 			a := r.newVM(t, vif, vmOpts{noRun: true})
 			tx := newRawTx(a)
@@ -97,6 +100,7 @@ func TestIsolationQueueErrors(t *testing.T) {
 	}
 
 	t.Run("rx/head-buffer-outside-memory", func(t *testing.T) {
+		b.send(chunk)
 		const vif = 120
 		a := r.newVM(t, vif, vmOpts{noRun: true})
 		// Re-post rx ring 0 slot 0 with a buffer beyond guest memory, keeping
@@ -116,6 +120,7 @@ func TestIsolationQueueErrors(t *testing.T) {
 		}
 	})
 
+	b.send(nB - int(b.wl.target.Load()))
 	wg.Wait()
 	if sendErr != nil {
 		t.Fatalf("FI send to B: %v", sendErr)
