@@ -3,10 +3,12 @@ package lab
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/guest"
+	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/wire"
 )
 
@@ -45,11 +47,12 @@ type PairResult struct {
 	FrameLen int
 }
 
-// RunPair measures one-way VM-to-VM throughput on the direct path: it
+// RunPair measures one-way VM-to-VM throughput on the direct path (or, with
+// mode ModeEmulated, through both hypervisors' emulated devices): it
 // warms up, then counts what the receiver got during d (or, with frames >
 // 0, how long frames took). Only "tx" sends, so the figure is the one-way
 // rate.
-func RunPair(ctx context.Context, frameLen int, hairpin bool, d time.Duration, frames uint64) (PairResult, error) {
+func RunPair(ctx context.Context, frameLen int, hairpin bool, mode hypervisor.Mode, d time.Duration, frames uint64) (PairResult, error) {
 	topo := PairTopology(frameLen, hairpin)
 	l, err := Build(topo)
 	if err != nil {
@@ -60,6 +63,13 @@ func RunPair(ctx context.Context, frameLen int, hairpin bool, d time.Duration, f
 		return PairResult{}, err
 	}
 	tx, rx := l.VMs()[0], l.VMs()[1]
+	if mode == hypervisor.ModeEmulated {
+		for _, vm := range l.VMs() {
+			if _, err := vm.SwitchMode(ctx, hypervisor.ModeEmulated); err != nil {
+				return PairResult{}, err
+			}
+		}
+	}
 	// The receiver's generator stays off: one-way traffic.
 	tx.Traffic.Start(tx.Memory())
 	received := func() uint64 { return rx.Traffic.Stats(rx.Memory()).Received.Unique }
@@ -99,6 +109,61 @@ func RunPair(ctx context.Context, frameLen int, hairpin bool, d time.Duration, f
 	res.Gbps = res.PPS * float64(frameLen) * 8 / 1e9
 	if derr != nil {
 		return res, fmt.Errorf("lab: drain after benchmark: %w", derr)
+	}
+	return res, nil
+}
+
+// SwitchResult is the distribution of live mode-switch pauses.
+type SwitchResult struct {
+	Switches      int
+	P50, P99, Max time.Duration // guest pause (vCPU frozen) per switch
+	Sent, Unique  uint64
+	Lost          int64
+	Duplicated    uint64
+}
+
+// MeasureSwitches runs the demo fabric with every VM sending as fast as its
+// rings allow and switches random VMs between direct and emulated n times,
+// recording how long each guest was paused; then it drains and reconciles.
+func MeasureSwitches(ctx context.Context, n int, seed uint64) (SwitchResult, error) {
+	l, err := Build(DemoTopology())
+	if err != nil {
+		return SwitchResult{}, err
+	}
+	defer l.Close()
+	if err := l.Start(); err != nil {
+		return SwitchResult{}, err
+	}
+	l.StartTraffic()
+	vms := l.VMs()
+	pauses := make([]time.Duration, 0, n)
+	r := seed | 1
+	for i := 0; i < n; i++ {
+		r ^= r << 13
+		r ^= r >> 7
+		r ^= r << 17
+		vm := vms[r%uint64(len(vms))]
+		to := hypervisor.ModeEmulated
+		if vm.Mode() == hypervisor.ModeEmulated {
+			to = hypervisor.ModeDirect
+		}
+		t, err := vm.SwitchMode(ctx, to)
+		if err != nil {
+			return SwitchResult{}, err
+		}
+		pauses = append(pauses, t.Total)
+	}
+	l.StopTraffic()
+	if err := l.Drain(ctx, 5*time.Second); err != nil {
+		return SwitchResult{}, err
+	}
+	s := guest.Reconcile(l.Stats())
+	slices.Sort(pauses)
+	res := SwitchResult{Switches: n, Sent: s.Sent, Unique: s.Unique, Lost: s.Lost, Duplicated: s.Duplicated}
+	if n > 0 {
+		res.P50 = pauses[n/2]
+		res.P99 = pauses[min(n-1, n*99/100)]
+		res.Max = pauses[n-1]
 	}
 	return res, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/lab"
 )
 
@@ -18,6 +19,7 @@ type benchOpts struct {
 	duration time.Duration
 	sizes    []int
 	json     bool
+	switches int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -35,6 +37,7 @@ ends with a drain and checks that nothing was lost or duplicated.`,
 	f.DurationVar(&o.duration, "duration", 2*time.Second, "measurement time per case")
 	f.IntSliceVar(&o.sizes, "frame-size", []int{64, 1500}, "frame sizes in bytes, without FCS")
 	f.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+	f.IntVar(&o.switches, "switches", 2000, "live mode switches to time under full-rate traffic (0 = skip)")
 	return cmd
 }
 
@@ -66,19 +69,33 @@ func runBench(ctx context.Context, out io.Writer, o benchOpts) error {
 				topo = "hairpin"
 			}
 			if !o.json {
-				fmt.Fprintf(out, "measuring direct %s %dB ...\n", topo, size)
+				fmt.Fprintf(out, "measuring direct and emulated, %s, %dB ...\n", topo, size)
 			}
-			r, err := lab.RunPair(ctx, size, hairpin, o.duration, 0)
-			if err != nil {
-				return err
+			for _, mode := range []hypervisor.Mode{hypervisor.ModeDirect, hypervisor.ModeEmulated} {
+				r, err := lab.RunPair(ctx, size, hairpin, mode, o.duration, 0)
+				if err != nil {
+					return err
+				}
+				rows = append(rows, benchRow{Path: mode.String(), Topology: topo, FrameSize: size, PPS: r.PPS, Gbps: r.Gbps, Lost: r.Lost, Dup: r.Dup})
 			}
-			rows = append(rows, benchRow{Path: "direct", Topology: topo, FrameSize: size, PPS: r.PPS, Gbps: r.Gbps, Lost: r.Lost, Dup: r.Dup})
+		}
+	}
+	var sw lab.SwitchResult
+	if o.switches > 0 {
+		if !o.json {
+			fmt.Fprintf(out, "measuring %d live mode switches under full-rate traffic ...\n", o.switches)
+		}
+		var err error
+		if sw, err = lab.MeasureSwitches(ctx, o.switches, 7); err != nil {
+			return err
 		}
 	}
 	if o.json {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"cpus": runtime.NumCPU(), "results": rows})
+		return enc.Encode(map[string]any{"cpus": runtime.NumCPU(), "results": rows, "mode_switch": map[string]any{
+			"switches": sw.Switches, "p50_us": sw.P50.Microseconds(), "p99_us": sw.P99.Microseconds(),
+			"max_us": sw.Max.Microseconds(), "frames_lost": sw.Lost, "frames_duplicated": sw.Duplicated}})
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tTOPOLOGY\tFRAME\tFRAMES/S\tGBIT/S\tLOST\tDUP\t")
@@ -87,5 +104,26 @@ func runBench(ctx context.Context, out io.Writer, o benchOpts) error {
 	}
 	tw.Flush()
 	fmt.Fprintf(out, "(%d CPUs; one-way, one sender, one process)\n", runtime.NumCPU())
+	for _, size := range o.sizes {
+		for _, topo := range []string{"cross-host", "hairpin"} {
+			var d, e float64
+			for _, r := range rows {
+				if r.FrameSize == size && r.Topology == topo {
+					if r.Path == "direct" {
+						d = r.PPS
+					} else {
+						e = r.PPS
+					}
+				}
+			}
+			if e > 0 {
+				fmt.Fprintf(out, "direct/emulated, %s %dB: %.2fx\n", topo, size, d/e)
+			}
+		}
+	}
+	if sw.Switches > 0 {
+		fmt.Fprintf(out, "mode switch (guest pause), %d switches under load: p50 %v, p99 %v, max %v; %d lost, %d duplicated\n",
+			sw.Switches, sw.P50, sw.P99, sw.Max, sw.Lost, sw.Duplicated)
+	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmfex/vmfex/capture"
 	"github.com/vmfex/vmfex/guest"
+	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/lab"
 	"github.com/vmfex/vmfex/link"
 )
@@ -26,6 +27,7 @@ type demoOpts struct {
 	capFrames int
 	rate      uint64
 	frameLen  int
+	emulated  bool
 }
 
 func newDemoCmd() *cobra.Command {
@@ -49,6 +51,7 @@ duplicated and misdelivered.`,
 	f.IntVar(&o.capFrames, "capture-frames", 100000, "stop capturing after this many frames")
 	f.Uint64Var(&o.rate, "rate", 0, "frames per second from each VM to each peer (0 = as fast as the rings allow)")
 	f.IntVar(&o.frameLen, "frame-size", 64, "frame size in bytes, without FCS (64..1518)")
+	f.BoolVar(&o.emulated, "emulated-phase", true, "after the direct phase, switch every vNIC live to the emulated device, run the same traffic there, and switch back")
 	return cmd
 }
 
@@ -71,19 +74,21 @@ type demoVM struct {
 }
 
 type demoReport struct {
-	DurationS    float64  `json:"duration_s"`
-	FrameSize    int      `json:"frame_size"`
-	Sent         uint64   `json:"frames_sent"`
-	Received     uint64   `json:"frames_received"`
-	Lost         int64    `json:"frames_lost"`
-	Duplicated   uint64   `json:"frames_duplicated"`
-	Misdelivered uint64   `json:"frames_misdelivered"`
-	Reordered    uint64   `json:"frames_reordered"`
-	DirectPPS    float64  `json:"direct_pps"`
-	FIDrops      uint64   `json:"fi_policy_drops"`
-	Capture      string   `json:"capture,omitempty"`
-	Captured     uint64   `json:"frames_captured,omitempty"`
-	VMs          []demoVM `json:"vms"`
+	DurationS    float64      `json:"duration_s"`
+	FrameSize    int          `json:"frame_size"`
+	Sent         uint64       `json:"frames_sent"`
+	Received     uint64       `json:"frames_received"`
+	Lost         int64        `json:"frames_lost"`
+	Duplicated   uint64       `json:"frames_duplicated"`
+	Misdelivered uint64       `json:"frames_misdelivered"`
+	Reordered    uint64       `json:"frames_reordered"`
+	DirectPPS    float64      `json:"direct_pps"`
+	EmulatedPPS  float64      `json:"emulated_pps,omitempty"`
+	Switches     []demoSwitch `json:"mode_switches,omitempty"`
+	FIDrops      uint64       `json:"fi_policy_drops"`
+	Capture      string       `json:"capture,omitempty"`
+	Captured     uint64       `json:"frames_captured,omitempty"`
+	VMs          []demoVM     `json:"vms"`
 }
 
 func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
@@ -144,14 +149,30 @@ func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
 	case <-time.After(o.duration):
 	case <-ctx.Done():
 	}
-	l.StopTraffic()
 	elapsed := time.Since(start)
 	atStop := l.Stats()
+	var emu emulatedPhase
+	if o.emulated {
+		// Same traffic, still running: every vNIC moves, live, onto its
+		// hypervisor's emulated device, runs there, and moves back.
+		if !o.json {
+			fmt.Fprintf(out, "switching every vNIC to the emulated device, live; traffic for %v more\n", o.duration)
+		}
+		var err error
+		if emu, err = runEmulatedPhase(ctx, l, o.duration); err != nil {
+			return err
+		}
+	}
+	l.StopTraffic()
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	drainErr := l.Drain(dctx, 3*time.Second)
 
 	rep := buildReport(l, atStop, l.Stats(), elapsed, o)
+	if o.emulated {
+		rep.EmulatedPPS = emu.pps
+		rep.Switches = emu.switches
+	}
 	if capW != nil {
 		_ = capW.Close()
 		rep.Capture = o.capture
@@ -220,10 +241,60 @@ func printReport(out io.Writer, r demoReport) {
 	tw.Flush()
 	fmt.Fprintf(out, "\n%d-byte frames for %.2fs: direct path %.0f frames/s VM to VM through the FI; %d reordered; %d FI policy drops\n",
 		r.FrameSize, r.DurationS, r.DirectPPS, r.Reordered, r.FIDrops)
+	if r.EmulatedPPS > 0 {
+		fmt.Fprintf(out, "emulated path (trap per doorbell, device model, VEM): %.0f frames/s; direct/emulated %.2fx\n", r.EmulatedPPS, r.DirectPPS/r.EmulatedPPS)
+		var worst time.Duration
+		for _, s := range r.Switches {
+			worst = max(worst, time.Duration(s.PauseUs*1e3))
+		}
+		fmt.Fprintf(out, "%d live mode switches under traffic; longest guest pause %v\n", len(r.Switches), worst)
+	}
 	if r.Capture != "" {
 		fmt.Fprintf(out, "captured %d frames of the server port to %s (tshark -r %s -Y vntag)\n", r.Captured, r.Capture, r.Capture)
 	}
 	if r.Lost == 0 && r.Duplicated == 0 && r.Misdelivered == 0 {
 		fmt.Fprintln(out, "exactly once: 0 lost, 0 duplicated, 0 misdelivered")
 	}
+}
+
+// demoSwitch is one live mode switch of the demo.
+type demoSwitch struct {
+	VM      string  `json:"vm"`
+	From    string  `json:"from"`
+	To      string  `json:"to"`
+	PauseUs float64 `json:"pause_us"` // the guest's vCPU was frozen this long
+	Held    int     `json:"frames_handed_over"`
+}
+
+type emulatedPhase struct {
+	pps      float64
+	switches []demoSwitch
+}
+
+// runEmulatedPhase moves every VM to its emulated device under traffic,
+// measures the same traffic there for d, and moves every VM back.
+func runEmulatedPhase(ctx context.Context, l *lab.Lab, d time.Duration) (emulatedPhase, error) {
+	var ph emulatedPhase
+	sw := func(to hypervisor.Mode) error {
+		for _, vm := range l.VMs() {
+			t, err := vm.SwitchMode(ctx, to)
+			if err != nil {
+				return err
+			}
+			ph.switches = append(ph.switches, demoSwitch{VM: vm.Name(), From: t.From.String(), To: t.To.String(),
+				PauseUs: float64(t.Total.Nanoseconds()) / 1e3, Held: t.Held})
+		}
+		return nil
+	}
+	if err := sw(hypervisor.ModeEmulated); err != nil {
+		return ph, err
+	}
+	u0, t0 := guest.Reconcile(l.Stats()).Unique, time.Now()
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	u1 := guest.Reconcile(l.Stats()).Unique
+	ph.pps = float64(u1-u0) / time.Since(t0).Seconds()
+	return ph, sw(hypervisor.ModeDirect)
 }

@@ -16,7 +16,7 @@ func TestDemoJSON(t *testing.T) {
 	capFile := filepath.Join(t.TempDir(), "esx1.pcap")
 	err := runDemo(context.Background(), &out, demoOpts{
 		duration: 300 * time.Millisecond, json: true, frameLen: 64,
-		capture: capFile, capHost: "esx1", capFrames: 5000,
+		capture: capFile, capHost: "esx1", capFrames: 5000, emulated: true,
 	})
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
@@ -26,7 +26,7 @@ func TestDemoJSON(t *testing.T) {
 		t.Fatalf("demo --json is not one JSON object: %v\n%s", err, out.String())
 	}
 	for _, k := range []string{"duration_s", "frames_sent", "frames_received", "frames_lost",
-		"frames_duplicated", "frames_misdelivered", "direct_pps", "vms"} {
+		"frames_duplicated", "frames_misdelivered", "direct_pps", "emulated_pps", "mode_switches", "vms"} {
 		if _, ok := rep[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
