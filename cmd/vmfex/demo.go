@@ -68,7 +68,7 @@ type demoVM struct {
 	Lost         int64   `json:"frames_lost"`
 	Duplicated   uint64  `json:"frames_duplicated"`
 	Misdelivered uint64  `json:"frames_misdelivered"`
-	RxPPS        float64 `json:"rx_pps"`
+	RxPPS        float64 `json:"direct_rx_pps"` // during the direct phase
 	LatencyAvgUs float64 `json:"latency_avg_us"`
 	LatencyMaxUs float64 `json:"latency_max_us"`
 }
@@ -231,7 +231,7 @@ func buildReport(l *lab.Lab, atStop, final map[uint32]guest.TrafficStats, elapse
 
 func printReport(out io.Writer, r demoReport) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nVM\tHOST\tVETH\tVIF\tVLAN\tMODE\tSENT\tRECEIVED\tLOST\tDUP\tMISDELIV\tRX-PPS\tLAT-AVG\tLAT-MAX")
+	fmt.Fprintln(tw, "\nVM\tHOST\tVETH\tVIF\tVLAN\tMODE\tSENT\tRECEIVED\tLOST\tDUP\tMISDELIV\tDIRECT-RX-PPS\tLAT-AVG\tLAT-MAX")
 	for _, v := range r.VMs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%.0f\t%.1fus\t%.1fus\n",
 			v.Name, v.Host, v.VEth, v.Vif, v.VLAN, v.Mode, v.Sent, v.Received, v.Lost, v.Duplicated,
