@@ -216,6 +216,9 @@ func (v *VCPU) Pause(ctx context.Context) (uint32, error) {
 	case <-parked:
 		return v.irr.Load(), nil
 	case <-ctx.Done():
+		// Take the request back, or the loop would park at its next step
+		// boundary with nobody left to resume it.
+		v.Resume(0)
 		return 0, ctx.Err()
 	}
 }

@@ -143,6 +143,7 @@ func (vm *VM) SwitchMode(ctx context.Context, to Mode) (SwitchTiming, error) {
 		emu.dev.Freeze()
 		if err = pause(); err != nil {
 			emu.dev.Thaw()
+			emu.kickTx() // doorbells the guest rang during the freeze
 			break
 		}
 		err = nic.AttachFromHost(func() (vmxnet3.State, [][]byte, error) {
@@ -153,6 +154,7 @@ func (vm *VM) SwitchMode(ctx context.Context, to Mode) (SwitchTiming, error) {
 				_ = emu.dev.AddPending(0, extra)
 				port.AttachGuest(emu)
 				emu.dev.Thaw()
+				emu.kickTx()
 				return st, nil, err
 			}
 			t.Held = len(extra)

@@ -49,6 +49,7 @@ func (v *VNIC) DetachToHost(host link.Sink, pause func() error, load func(vmxnet
 	v.dev.Freeze()
 	if err := pause(); err != nil {
 		v.dev.Thaw()
+		v.doorbell(vmxnet3.DoorbellTx, 0) // doorbells rung during the freeze
 		return err
 	}
 	v.rxMu.Lock()
@@ -59,6 +60,7 @@ func (v *VNIC) DetachToHost(host link.Sink, pause func() error, load func(vmxnet
 	}
 	if err != nil {
 		v.dev.Thaw()
+		v.doorbell(vmxnet3.DoorbellTx, 0)
 		return err
 	}
 	v.dev.Discard()

@@ -62,11 +62,8 @@ func (d *Device) DeliverBatch(q int, frames [][]byte) RxResult {
 	if d.frozen.Load() {
 		rq.mu.Lock()
 		if d.frozen.Load() {
-			for _, f := range frames {
-				rq.hold(f)
-			}
+			res = d.holdFrozenLocked(rq, frames)
 			rq.mu.Unlock()
-			res.Consumed, res.Held, res.Full = len(frames), len(frames), true
 			return res
 		}
 		rq.mu.Unlock()
@@ -90,11 +87,8 @@ func (d *Device) DeliverBatch(q int, frames [][]byte) RxResult {
 	if !d.active.Load() || q >= st.nrx || rq.stopped || !linkUp || d.frozen.Load() {
 		stopped, frozen := rq.stopped, d.frozen.Load() // read under rq.mu
 		if frozen {
-			for _, f := range frames {
-				rq.hold(f)
-			}
+			res = d.holdFrozenLocked(rq, frames)
 			rq.mu.Unlock()
-			res.Consumed, res.Held, res.Full = len(frames), len(frames), true
 			return res
 		}
 		rq.mu.Unlock()
@@ -168,6 +162,29 @@ fresh:
 	if qerr != 0 {
 		d.raiseEvent(EventRQErr)
 	}
+	return res
+}
+
+// holdFrozenLocked holds frames for a frozen device: unfiltered (the
+// filters apply when they reach the rings), except runts and giants, which
+// no guest buffer could ever take and no saved state may carry.
+func (d *Device) holdFrozenLocked(rq *rxQueue, frames [][]byte) RxResult {
+	var res RxResult
+	for _, f := range frames {
+		switch {
+		case len(f) < 14:
+			rq.stats[RxStatErrors]++
+			res.Dropped++
+		case len(f) > MaxMTU+64:
+			d.drops.RxTooLong.Add(1)
+			rq.stats[RxStatErrors]++
+			res.Dropped++
+		default:
+			rq.hold(f)
+			res.Held++
+		}
+	}
+	res.Consumed, res.Full = len(frames), true
 	return res
 }
 

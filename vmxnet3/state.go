@@ -135,6 +135,20 @@ func (s *State) Validate(memSize uint64) error {
 	if c.EventIntrIdx >= MaxIntrs {
 		return bad("event vector %d", c.EventIntrIdx)
 	}
+	inMem := func(pa, n uint64) bool { return pa <= memSize && n <= memSize-pa }
+	if s.DSPA == 0 || !inMem(s.DSPA, DriverSharedSize) {
+		return bad("DriverShared at %#x", s.DSPA)
+	}
+	for i, q := range s.TxQueues {
+		if !inMem(q.DescPA, QueueDescSize) {
+			return bad("tx %d queue descriptor at %#x", i, q.DescPA)
+		}
+	}
+	for i, q := range s.RxQueues {
+		if !inMem(q.DescPA, QueueDescSize) {
+			return bad("rx %d queue descriptor at %#x", i, q.DescPA)
+		}
+	}
 	ring := func(what string, r Ring, max uint32, mult bool) error {
 		if r.Size == 0 || r.Size > max || (mult && r.Size%RingSizeAlign != 0) || r.Base%RingBaseAlign != 0 ||
 			r.Next >= r.Size || r.Base > memSize || uint64(r.Size)*DescSize > memSize-r.Base {
@@ -215,6 +229,13 @@ func (d *Device) Save() (State, error) {
 		Drops:  d.drops.snapshot(),
 	}
 	s.Config.MCastList = append([][6]byte(nil), c.cfg.MCastList...)
+	if !s.Active {
+		// An inactive device has no rings to deliver into: frames it held
+		// cannot travel, so the state counts them as dropped.
+		for q := range d.rxq {
+			s.Drops.RxInactive += uint64(d.rxq[q].npending())
+		}
+	}
 	if s.Active {
 		for q := 0; q < c.cfg.NumTxQueues; q++ {
 			tq := &d.txq[q]
