@@ -87,23 +87,19 @@ func (m *Memory) markRange(pa, n uint64) {
 	first := pa >> PageShift
 	last := (pa + n - 1) >> PageShift
 	for p := first; p <= last; p++ {
-		w := &m.dirty[p>>6]
-		bit := uint64(1) << (p & 63)
-		// Test first: a page already dirty needs no locked instruction,
-		// which is the common case on a busy ring.
-		if w.Load()&bit == 0 {
-			w.Or(bit)
-		}
+		// Always a locked Or, never "test, then Or": a plain data store
+		// may still sit in this core's store buffer when a test-load runs,
+		// so a writer could see the bit set, skip it, and have the
+		// collector clear the bit and copy the page before the store is
+		// visible — a write lost to migration. The locked Or drains the
+		// store buffer first.
+		m.dirty[p>>6].Or(uint64(1) << (p & 63))
 	}
 }
 
 func (m *Memory) markPage(pa uint64) {
 	p := pa >> PageShift
-	w := &m.dirty[p>>6]
-	bit := uint64(1) << (p & 63)
-	if w.Load()&bit == 0 {
-		w.Or(bit)
-	}
+	m.dirty[p>>6].Or(uint64(1) << (p & 63)) // unconditional: see markRange
 }
 
 // U8 reads one byte; 0 when out of range (callers validate with InRange).
