@@ -26,7 +26,7 @@ func newBenchCmd() *cobra.Command {
 	var o benchOpts
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure VM-to-VM throughput on the direct path (cross-host and hairpin) and print a table",
+		Short: "Measure VM-to-VM throughput, direct vs emulated (cross-host and hairpin), and live mode-switch pauses",
 		Long: `bench builds a two-VM fabric per case, sends one way as fast as the rings
 allow, and counts the frames the receiving VM got during --duration. Every case
 ends with a drain and checks that nothing was lost or duplicated.`,

@@ -34,7 +34,7 @@ func newDemoCmd() *cobra.Command {
 	var o demoOpts
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Bring up a fabric in this process (1 FI, 2 hosts, 4 VMs on 2 VLANs), run traffic on the direct path, report",
+		Short: "Bring up a fabric in this process (1 FI, 2 hosts, 4 VMs on 2 VLANs), run traffic direct then emulated, report",
 		Long: `demo builds a Fabric Interconnect with two server ports, two hosts each with
 a VIC adapter, and four VMs whose VMXNET3 vNICs run on the adapters' dynamic
 vNICs (high-performance mode). Every VM sends numbered probes to every other VM
