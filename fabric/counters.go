@@ -45,10 +45,16 @@ const (
 	DropEgressVLANNotAllowed // egress-vlan-not-allowed
 	// DropPortDown: the egress port was closed while the frame was sent.
 	DropPortDown // port-down
+	// DropHoldOverflow: the destination vEth is held (HoldVEth) and already
+	// holds Config.HoldLimit frames. Counted on the destination vEth.
+	DropHoldOverflow // hold-overflow
+	// DropVEthDeleted: the frame was held for a vEth that was deleted before
+	// ReleaseVEth sent it.
+	DropVEthDeleted // veth-deleted
 )
 
 // NumDropReasons is the number of drop reasons, for iterating DropCounts.
-const NumDropReasons = int(DropPortDown) + 1
+const NumDropReasons = int(DropVEthDeleted) + 1
 
 // ParseDropReason returns the reason named s (as String prints it).
 func ParseDropReason(s string) (DropReason, bool) {

@@ -5,8 +5,9 @@ package fabric
 // goroutine:
 //
 //  1. Receive. A batch of up to BatchSize frames comes from the port's Recv.
-//     The worker loads the configuration snapshot and reads the clock once
-//     per batch, so a configuration change applies to whole batches.
+//     The worker marks the port busy (port.batchSeq odd), loads the
+//     configuration snapshot and reads the clock once per batch, so a
+//     configuration change applies to whole batches.
 //  2. Parse. Server port: a VN-Tag (EtherType 0x8926, protocols.md §1.1)
 //     must follow the source MAC and be upstream (d=0, p=0, version 0),
 //     then at most one 802.1Q tag. Uplink: no VN-Tag, one 802.1Q tag.
@@ -27,23 +28,31 @@ package fabric
 //     unknown destination floods to every vEth carrying the VLAN and to the
 //     uplinks, except the source. Flood copies come from the buffer pool;
 //     the last destination takes the original.
-//  9. Egress. The destination's profile is checked again for the VLAN
-//     (isolation invariant, DESIGN.md §4.3). Towards a vEth the VN-Tag word
-//     is rewritten in place (d=1, dvif; svif and looped=1 when the frame
-//     returns down the server port it came from), or pushed in front when
-//     the frame came from an uplink; towards an uplink the VN-Tag is
-//     removed (RemoveAt). The frame joins its egress port's queue.
+//  9. Egress. Towards a vEth that is held (HoldVEth, live migration) the
+//     frame stops here, before any rewrite: it joins the vEth's hold queue
+//     with its ingress port, svif, VLAN and tag offset, and ReleaseVEth
+//     runs the rest of this stage for it against the vEth's binding at
+//     that time. Otherwise the destination's profile is checked again for
+//     the VLAN (isolation invariant, DESIGN.md §4.3). Towards a vEth the
+//     VN-Tag word is rewritten in place (d=1, dvif; svif and looped=1 when
+//     the frame returns down the server port it came from), or pushed in
+//     front when the frame came from an uplink; towards an uplink the
+//     VN-Tag is removed (RemoveAt). The frame joins its egress port's
+//     queue.
 // 10. Send. After the whole batch each egress queue goes out in one Send,
 //     under the port's txMu since several readers may send to one port.
 //     In-memory cables are lossless: Send waits for room (backpressure).
+//     Then the port is marked idle (port.batchSeq even), which ends any
+//     grace period HoldVEth waits on.
 //
 // Ordering: frames from one port to another keep their order: one goroutine
 // handles an ingress port, appends to each egress queue in order and sends
 // each queue in one call. Frames from different ports to one egress port
-// interleave batch by batch.
+// interleave batch by batch. Frames held for a vEth leave in the order they
+// were held, before any frame that reaches the vEth after the release.
 //
 // Ownership: the worker owns a frame from Recv until it hands it to Send
-// (stage 10) or releases it with a drop reason. Nothing on the unicast path
+// (stage 10), to a hold queue (stage 9) or releases it with a drop reason. Nothing on the unicast path
 // allocates; a flood allocates only pooled buffers.
 
 import (
@@ -77,6 +86,7 @@ type worker struct {
 }
 
 type egressQueue struct {
+	port  *port // set when the first frame joins
 	bufs  []*link.Buf
 	bytes uint64
 }
@@ -88,6 +98,7 @@ func newWorker(f *FI, in *port) *worker {
 // process runs one received batch through the data path and sends the
 // results. It takes ownership of every buffer and clears bufs.
 func (w *worker) process(bufs []*link.Buf) {
+	w.in.batchSeq.Add(1) // odd: busy; before the snapshot load (graceWait)
 	w.begin()
 	var bytes uint64
 	for i, b := range bufs {
@@ -100,13 +111,22 @@ func (w *worker) process(bufs []*link.Buf) {
 	// been sent (tests wait on this).
 	w.in.ctr.inBytes.Add(bytes)
 	w.in.ctr.inFrames.Add(uint64(len(bufs)))
+	w.in.batchSeq.Add(1) // even: idle
+	if w.fi.graceWaiters.Load() != 0 {
+		w.fi.endGrace()
+	}
 }
 
 // begin is stage 1 for a batch.
 func (w *worker) begin() {
 	w.snap = w.fi.snap.Load()
 	w.now = w.fi.now().UnixNano()
-	if n := len(w.snap.ports); len(w.out) < n {
+	w.grow(len(w.snap.ports))
+}
+
+// grow makes room for n egress queues.
+func (w *worker) grow(n int) {
+	if len(w.out) < n {
 		w.out = append(w.out, make([]egressQueue, n-len(w.out))...)
 	}
 }
@@ -201,7 +221,7 @@ func (w *worker) serverIngress(b *link.Buf) {
 	if h.HasVLAN {
 		binary.BigEndian.PutUint16(f[h.VLANOff+2:], h.TCI&^wire.VIDMask|vid)
 	} else {
-		b = w.headroom(b, wire.VLANTagLen)
+		b = headroom(b, wire.VLANTagLen)
 		wire.PutVLANTag(b.InsertAt(serverInner, wire.VLANTagLen), vid)
 	}
 
@@ -347,7 +367,7 @@ func (w *worker) copyFor(b *link.Buf, remaining int) *link.Buf {
 // headroom returns b, or a copy of it with the default headroom if b has
 // less than n bytes in front of the frame (a peer may hand over buffers
 // with their headroom used up).
-func (w *worker) headroom(b *link.Buf, n int) *link.Buf {
+func headroom(b *link.Buf, n int) *link.Buf {
 	if b.Off >= n {
 		return b
 	}
@@ -359,23 +379,49 @@ func (w *worker) headroom(b *link.Buf, n int) *link.Buf {
 
 // toVEth is stage 9 towards a vEth.
 func (w *worker) toVEth(b *link.Buf, dst, src *vethView, vid uint16, inner int) {
-	if !dst.prof.allowed.has(vid) {
+	var svif uint16
+	if src != nil {
+		svif = src.vif
+	}
+	if dst.held {
+		w.holdFrame(b, dst, svif, vid, inner)
+		return
+	}
+	w.egressVEth(b, dst, svif, vid, inner)
+}
+
+// egressVEth is stage 9 towards a vEth that is not held.
+func (w *worker) egressVEth(b *link.Buf, dst *vethView, svif, vid uint16, inner int) {
+	b, ok := vethEgress(b, dst, w.in, svif, vid, inner)
+	if !ok {
 		w.drop(b, dst.v, DropEgressVLANNotAllowed)
 		return
 	}
+	w.queue(dst.port, b)
+}
+
+// vethEgress re-checks the VLAN against dst's profile and writes the
+// downstream VN-Tag: it returns false, b untouched, if dst does not carry
+// vid. in is the frame's ingress port and svif its source vif there (0
+// from an uplink). A function of its arguments only, so that ReleaseVEth
+// can run it for held frames against the binding of the release.
+func vethEgress(b *link.Buf, dst *vethView, in *port, svif, vid uint16, inner int) (*link.Buf, bool) {
+	if !dst.prof.allowed.has(vid) {
+		return b, false
+	}
 	tag := wire.VNTag{FromBridge: true, DVIF: dst.vif}
-	if src != nil && src.port == dst.port {
-		tag.SVIF, tag.Looped = src.vif, true // hairpin (protocols.md §1.2, l bit)
+	if in == dst.port { // never true from an uplink: vEths bind to server ports
+		tag.SVIF, tag.Looped = svif, true // hairpin (protocols.md §1.2, l bit)
 	}
 	if inner == uplinkInner {
-		b = w.headroom(b, wire.VNTagLen)
+		b = headroom(b, wire.VNTagLen)
 		wire.PutVNTag(b.InsertAt(2*6, wire.VNTagLen), tag)
 	} else {
 		binary.BigEndian.PutUint32(b.Bytes()[14:], tag.Word())
 	}
 	dst.v.ctr.egressFrames.Add(1)
 	dst.v.ctr.egressBytes.Add(uint64(b.Len - wire.VNTagLen))
-	w.queue(dst.port, b)
+	return b, true
 }
 
 // toUplink is stage 9 towards an uplink. src is the source vEth or nil.
@@ -392,9 +438,10 @@ func (w *worker) toUplink(b *link.Buf, up *port, src *veth, vid uint16, inner in
 
 // queue appends b to the egress queue of p.
 func (w *worker) queue(p *port, b *link.Buf) {
-	q := &w.out[p.idx]
+	q := &w.out[p.idx] // p is in w.snap, or holdFrame grew w.out
 	if len(q.bufs) == 0 {
 		w.pending = append(w.pending, p.idx)
+		q.port = p
 	}
 	q.bufs = append(q.bufs, b)
 	q.bytes += uint64(b.Len)
@@ -404,26 +451,30 @@ func (w *worker) queue(p *port, b *link.Buf) {
 func (w *worker) flush() {
 	for _, i := range w.pending {
 		q := &w.out[i]
-		p := w.snap.ports[i]
-		p.txMu.Lock()
-		n, err := p.link.Send(q.bufs)
-		p.txMu.Unlock()
-		bytes := q.bytes
-		if err != nil {
-			// The port is closed: the frames it did not take are ours.
-			for _, b := range q.bufs[n:] {
-				bytes -= uint64(b.Len)
-				b.Release()
-				w.fi.unattributed[DropPortDown].Add(1)
-				w.fi.drops[DropPortDown].Add(1)
-				p.ctr.outDrops.Add(1)
-			}
-		}
-		p.ctr.outFrames.Add(uint64(n))
-		p.ctr.outBytes.Add(bytes)
+		w.fi.send(q.port, q.bufs, q.bytes)
 		clear(q.bufs)
 		q.bufs = q.bufs[:0]
 		q.bytes = 0
+		q.port = nil
 	}
 	w.pending = w.pending[:0]
+}
+
+// send hands bufs (bytes long in all) to p's Send and counts them.
+func (f *FI) send(p *port, bufs []*link.Buf, bytes uint64) {
+	p.txMu.Lock()
+	n, err := p.link.Send(bufs)
+	p.txMu.Unlock()
+	if err != nil {
+		// The port is closed: the frames it did not take are ours.
+		for _, b := range bufs[n:] {
+			bytes -= uint64(b.Len)
+			b.Release()
+			f.unattributed[DropPortDown].Add(1)
+			f.drops[DropPortDown].Add(1)
+			p.ctr.outDrops.Add(1)
+		}
+	}
+	p.ctr.outFrames.Add(uint64(n))
+	p.ctr.outBytes.Add(bytes)
 }

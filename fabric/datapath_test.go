@@ -165,6 +165,13 @@ func TestAllocs(t *testing.T) {
 	run(w1, serverFrame(1, 10, wire.Broadcast, tmac(5))) // learn vEth 5
 	run(wu, uplinkFrame(10, wire.Broadcast, tmac(0x77))) // learn the uplink MAC
 	run(w0, serverFrame(1, 10, wire.Broadcast, tmac(1))) // learn vEth 1
+	// A vEth that was held and released is back on the lock-free path.
+	if _, err := tf.fi.HoldVEth(5); err != nil {
+		t.Fatal(err)
+	}
+	if err := tf.fi.ReleaseVEth(5); err != nil {
+		t.Fatal(err)
+	}
 	tagged := serverFrame(1, 10, tmac(5), tmac(1))       // in place
 	untagged := serverFrame(1, 0, tmac(5), tmac(1))      // pushes 802.1Q
 	toUplink := serverFrame(1, 10, tmac(0x77), tmac(1))  // strips VN-Tag

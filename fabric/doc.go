@@ -21,8 +21,15 @@
 // under read-write locks with atomic entries. Counters are atomics and may be
 // read at any time.
 //
-// Lock order: FI.progMu, then FI.mu; a port's txMu and the MAC table shard
-// locks are leaves. VifProgrammer methods are called with only progMu held,
+// HoldVEth and ReleaseVEth (hold.go) add one more piece of state the data
+// path writes: the hold queue of a held vEth, under its own mutex, which a
+// reader takes only for a vEth its snapshot shows held. HoldVEth waits for
+// a grace period, the batches in progress on every port, before it returns.
+//
+// Lock order: FI.holdMu, then FI.progMu, then FI.mu, then a vEth's hold
+// queue lock; a port's txMu, FI.graceMu and the MAC table shard locks are
+// leaves. The data path takes a hold queue lock only for a vEth that is
+// held (hold.go). VifProgrammer methods are called with only progMu held,
 // in configuration order, so a programmer may call the FI's read methods
 // (VEths, MACTable, ...) but must not call its configuration methods
 // synchronously.

@@ -18,11 +18,13 @@ func _() {
 	_ = x[DropNoDestination-7]
 	_ = x[DropEgressVLANNotAllowed-8]
 	_ = x[DropPortDown-9]
+	_ = x[DropHoldOverflow-10]
+	_ = x[DropVEthDeleted-11]
 }
 
-const _DropReason_name = "malformedbad-vntagunknown-vifvlan-not-allowedmac-forgedreserved-destinationsame-port-filterno-destinationegress-vlan-not-allowedport-down"
+const _DropReason_name = "malformedbad-vntagunknown-vifvlan-not-allowedmac-forgedreserved-destinationsame-port-filterno-destinationegress-vlan-not-allowedport-downhold-overflowveth-deleted"
 
-var _DropReason_index = [...]uint8{0, 9, 18, 29, 45, 55, 75, 91, 105, 128, 137}
+var _DropReason_index = [...]uint8{0, 9, 18, 29, 45, 55, 75, 91, 105, 128, 137, 150, 162}
 
 func (i DropReason) String() string {
 	idx := int(i) - 0

@@ -29,6 +29,9 @@ type Config struct {
 	MACAgingTime time.Duration
 	// Now is the clock for MAC aging; nil = time.Now. Tests pass a fake.
 	Now func() time.Time
+	// HoldLimit is how many frames HoldVEth keeps per vEth before it drops
+	// further ones as hold-overflow; 0 = DefaultHoldLimit.
+	HoldLimit int
 }
 
 // fiState is the FI lifecycle.
@@ -76,6 +79,10 @@ type port struct {
 	prog  VifProgrammer // immutable; nil for uplinks or when not given
 	up    atomic.Bool   // the reader runs
 	ctr   portCounters
+	// batchSeq is odd while the port's worker processes a batch (stages
+	// 1-10) and even between batches: HoldVEth waits on it for the batches
+	// that may have loaded a snapshot without the hold (see graceWait).
+	batchSeq atomic.Uint64
 
 	txMu sync.Mutex // serialises Send: several readers may forward to this port
 
@@ -103,6 +110,12 @@ type FI struct {
 	drops        dropCounters // lock-free: every drop
 	unattributed dropCounters // lock-free: drops no vEth owns
 
+	// Grace periods (hold.go). A worker that ends a batch while
+	// graceWaiters > 0 broadcasts graceCond under graceMu.
+	graceWaiters atomic.Int32
+	graceMu      sync.Mutex
+	graceCond    sync.Cond // L = &graceMu
+
 	wg      sync.WaitGroup // port readers and the ager
 	stop    chan struct{}  // closed by Close
 	stopped chan struct{}  // closed when Close has waited for all goroutines
@@ -123,6 +136,11 @@ type FI struct {
 	// made one at a time in queue order (see unlockAndProgram). It is never
 	// acquired while holding mu.
 	progMu sync.Mutex
+	// holdMu serialises HoldVEth and ReleaseVEth, so that a release never
+	// interleaves its sends with another release of the same frames and a
+	// hold is never undone by a release that was already running. It is
+	// acquired before mu.
+	holdMu sync.Mutex
 }
 
 // New returns a stopped FI with no ports. It starts no goroutines.
@@ -132,6 +150,9 @@ func New(cfg Config) *FI {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.HoldLimit <= 0 {
+		cfg.HoldLimit = DefaultHoldLimit
 	}
 	lg := cfg.Logger
 	if lg == nil {
@@ -149,6 +170,7 @@ func New(cfg Config) *FI {
 		veths:      make(map[uint32]*veth),
 		bindings:   make(map[binding]*veth),
 	}
+	f.graceCond.L = &f.graceMu
 	f.mu.Lock()
 	f.rebuildLocked()
 	f.mu.Unlock()

@@ -803,7 +803,8 @@ func TestLifecycle(t *testing.T) {
 
 func TestDropReasonNames(t *testing.T) {
 	want := []string{"malformed", "bad-vntag", "unknown-vif", "vlan-not-allowed", "mac-forged",
-		"reserved-destination", "same-port-filter", "no-destination", "egress-vlan-not-allowed", "port-down"}
+		"reserved-destination", "same-port-filter", "no-destination", "egress-vlan-not-allowed", "port-down",
+		"hold-overflow", "veth-deleted"}
 	if len(want) != fabric.NumDropReasons {
 		t.Fatalf("NumDropReasons = %d, want %d", fabric.NumDropReasons, len(want))
 	}

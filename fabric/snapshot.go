@@ -37,6 +37,11 @@ type vethView struct {
 	vif  uint16
 	mac  wire.MAC
 	prof *profileView
+	// held and holdGen copy v.hold's on and gen when the snapshot was
+	// built, so that stage 9 costs no lock for a vEth that is not held.
+	// Only a hint: the hold queue decides (worker.holdFrame).
+	held    bool
+	holdGen uint64
 }
 
 // vethAt returns the vEth d names, or nil if it no longer exists.
@@ -90,6 +95,7 @@ func (f *FI) rebuildLocked() {
 	views := make([]*vethView, 0, len(f.veths))
 	for _, v := range f.veths {
 		vv := &vethView{v: v, port: v.port, vif: v.vif, mac: v.mac, prof: f.profiles[v.profile]}
+		vv.held, vv.holdGen = v.hold.snapState()
 		views = append(views, vv)
 		s.vifs[v.port.idx][v.vif] = vv
 		s.slots[v.slot] = vv

@@ -62,8 +62,12 @@ type VEthInfo struct {
 	AllowedVLANs []uint16
 	QoSClass     string
 	// State is up while the reader of its server port runs.
-	State    LinkState
-	Counters VEthCounters
+	State LinkState
+	// Held is set between HoldVEth and ReleaseVEth (live migration);
+	// HeldFrames is the number of frames the FI holds for the vEth.
+	Held       bool
+	HeldFrames int
+	Counters   VEthCounters
 }
 
 // veth is one vEth. The object lives as long as the vEth: its identity
@@ -75,6 +79,7 @@ type veth struct {
 	slot uint32 // immutable: index in snapshot.slots
 	inc  uint32 // immutable: incarnation of the slot, never 0
 	ctr  vethCounters
+	hold holdQueue // HoldVEth; internally synchronised
 
 	// Guarded by FI.mu; the data path reads copies in vethView.
 	port    *port
@@ -237,7 +242,9 @@ func (f *FI) DeleteVEth(id uint32) error {
 	f.freeSlots = append(f.freeSlots, v.slot)
 	f.rebuildLocked()
 	n := f.macs.flushDst(v.dst())
-	f.log.Info("vEth deleted", "veth", v.name, "port", v.port.name, "vif", v.vif, "macs_flushed", n)
+	held := f.dropHoldLocked(v) // after the rebuild: no snapshot shows it held
+	f.log.Info("vEth deleted", "veth", v.name, "port", v.port.name, "vif", v.vif, "macs_flushed", n,
+		"held_dropped", held)
 	f.unlockAndProgram([]progAction{{prog: v.port.prog, remove: true, vif: v.vif}})
 	return nil
 }
@@ -246,11 +253,15 @@ func (f *FI) DeleteVEth(id uint32) error {
 // live-migrates to another host. The vEth keeps its number, MAC, profile
 // and counters; its MAC entries are flushed so they are learned again at
 // the new place. The old adapter is told RemoveVif, then the new one
-// ProgramVif. Rebinding to the current place does nothing.
+// ProgramVif. Rebinding to the current place does nothing. A held vEth
+// stays held (HoldVEth): its frames go to the new place at ReleaseVEth.
 func (f *FI) RebindVEth(id uint32, serverPort string, vif uint16) error {
 	if !validVIF(vif) {
 		return fmt.Errorf("%w: Veth%d: vif %d; use 1..4095", ErrInvalidConfig, id, vif)
 	}
+	// Not while a ReleaseVEth drains: its frames go to one binding.
+	f.holdMu.Lock()
+	defer f.holdMu.Unlock()
 	f.mu.Lock()
 	if f.state == stateClosed {
 		f.mu.Unlock()
@@ -365,10 +376,11 @@ func (f *FI) vethInfoLocked(v *veth) VEthInfo {
 	if v.port.up.Load() {
 		state = LinkUp
 	}
+	held, nheld := v.hold.state()
 	return VEthInfo{
 		ID: v.id, Name: v.name, ServerPort: v.port.name, VIF: v.vif, MAC: v.mac,
 		Description: v.desc, Profile: v.profile, Mode: prof.pp.Mode, VLAN: prof.untagged,
 		AllowedVLANs: slices.Clone(prof.vlans), QoSClass: prof.pp.QoSClass,
-		State: state, Counters: v.ctr.load(),
+		State: state, Held: held, HeldFrames: nheld, Counters: v.ctr.load(),
 	}
 }
