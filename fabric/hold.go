@@ -74,6 +74,27 @@ type holdQueue struct {
 	on     bool        // guarded by mu: frames for the vEth are held
 	gen    uint64      // guarded by mu: incremented as a hold begins
 	frames []heldFrame // guarded by mu: in arrival order
+	// draining is set while ReleaseVEth sends the held frames; a worker
+	// with a frame for the vEth then waits (cond) until the drain ends, so
+	// the drain finishes even under a sustained flood and nothing
+	// overtakes a held frame. A worker also waits while the queue is full:
+	// a hold applies backpressure, as the lossless cables do, instead of
+	// dropping. Guarded by mu.
+	draining bool
+	cond     *sync.Cond // on mu; broadcast when draining ends, room appears or the hold ends
+}
+
+func (q *holdQueue) wait() {
+	if q.cond == nil {
+		q.cond = sync.NewCond(&q.mu)
+	}
+	q.cond.Wait()
+}
+
+func (q *holdQueue) wake() {
+	if q.cond != nil {
+		q.cond.Broadcast()
+	}
 }
 
 // snapState returns what a snapshot copies into vethView.
@@ -94,12 +115,10 @@ func (q *holdQueue) state() (bool, int) {
 func (w *worker) holdFrame(b *link.Buf, dst *vethView, svif, vid uint16, inner int) {
 	q := &dst.v.hold
 	q.mu.Lock()
+	for q.on && q.gen == dst.holdGen && (q.draining || len(q.frames) >= w.fi.cfg.HoldLimit) {
+		q.wait() // backpressure: see holdQueue.draining
+	}
 	if q.on && q.gen == dst.holdGen {
-		if len(q.frames) >= w.fi.cfg.HoldLimit {
-			q.mu.Unlock()
-			w.drop(b, dst.v, DropHoldOverflow)
-			return
-		}
 		q.frames = append(q.frames, heldFrame{b: b, in: w.in, svif: svif, vid: vid, inner: inner})
 		q.mu.Unlock()
 		return
@@ -191,7 +210,11 @@ func (f *FI) HoldVEth(id uint32) (HoldTicket, error) {
 	}
 	ports := f.snap.Load().ports
 	f.mu.Unlock()
-	f.graceWait(ports)
+	if !was {
+		// Only a new hold needs the grace period; an existing one already
+		// had it (and a reader may be waiting on the full hold queue).
+		f.graceWait(ports)
+	}
 	return HoldTicket{EgressFrames: v.ctr.egressFrames.Load()}, nil
 }
 
@@ -218,15 +241,21 @@ func (f *FI) ReleaseVEth(id uint32) error {
 	q := &v.hold
 	var batch []heldFrame
 	sent := 0
+	q.mu.Lock()
+	q.draining = q.on
+	q.mu.Unlock()
 	for {
 		q.mu.Lock()
 		if !q.on { // not held, or deleted during the drain
+			q.draining = false
+			q.wake()
 			q.mu.Unlock()
 			return nil
 		}
 		if len(q.frames) == 0 {
-			q.on = false
+			q.on, q.draining = false, false
 			q.frames = nil // a long hold's array goes back to the GC
+			q.wake()
 			q.mu.Unlock()
 			break
 		}
@@ -294,7 +323,8 @@ func (f *FI) dropHoldLocked(v *veth) int {
 	q := &v.hold
 	q.mu.Lock()
 	held := q.frames
-	q.on, q.frames = false, nil
+	q.on, q.frames, q.draining = false, nil, false
+	q.wake() // workers waiting to hold frames for it now drop them
 	q.mu.Unlock()
 	for _, h := range held {
 		f.dropHeld(h, nil, DropVEthDeleted)

@@ -96,6 +96,12 @@ type VM struct {
 	Traffic *guest.Traffic
 	VNIC    *vic.VNIC
 	Port    *vem.Port
+
+	spec  VMSpec
+	peers []guest.TrafficPeer
+	// FI counters of the vEth when this vNIC became its binding: the count
+	// barrier of a move compares the vNIC's own counts with the FI's since.
+	egressBase, ingressBase uint64
 }
 
 // vifProgrammer lets the FI program an adapter's vifs (fabric cannot import
@@ -197,6 +203,25 @@ const (
 )
 
 func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.TrafficPeer) (*VM, error) {
+	vm, err := l.attachVM(h, vs, id, peers)
+	if err != nil {
+		return nil, err
+	}
+	vm.VLAN = vlan
+	vm.VEth = uint32(FirstDynamicVEth + len(l.vms))
+	if err := l.FI.CreateVEth(fabric.VEthConfig{
+		ID: vm.VEth, ServerPort: h.ServerPort, VIF: vm.Vif, MAC: vs.MAC, Profile: vs.Profile,
+		Description: vs.Name + " vNIC 1",
+	}); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// attachVM builds a VM on host h — guest memory, workload, a dynamic vNIC
+// from h's adapter and a VEM port — without a vEth: a new VM gets one, a
+// migrating VM keeps its own.
+func (l *Lab) attachVM(h *Host, vs VMSpec, id uint32, peers []guest.TrafficPeer) (*VM, error) {
 	var traffic *guest.Traffic
 	dcfg := l.topo.Driver
 	dcfg.Base = driverBase
@@ -232,18 +257,12 @@ func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.
 	if err != nil {
 		return nil, err
 	}
-	port := h.VEM.AddPort(vs.Name+"/eth0", vnic)
+	port := h.VEM.AddPort(fmt.Sprintf("%s/eth0@%s", vs.Name, h.Name), vnic)
 	if err := hv.AttachVNIC(vnic, port); err != nil {
 		return nil, err
 	}
-	veth := uint32(FirstDynamicVEth + len(l.vms))
-	if err := l.FI.CreateVEth(fabric.VEthConfig{
-		ID: veth, ServerPort: h.ServerPort, VIF: vif, MAC: vs.MAC, Profile: vs.Profile,
-		Description: vs.Name + " vNIC 1",
-	}); err != nil {
-		return nil, err
-	}
-	return &VM{VM: hv, Host: h, VEth: veth, Vif: vif, Profile: vs.Profile, VLAN: vlan, IP: vs.IP, Traffic: traffic, VNIC: vnic, Port: port}, nil
+	return &VM{VM: hv, Host: h, Vif: vif, Profile: vs.Profile, IP: vs.IP, Traffic: traffic, VNIC: vnic, Port: port,
+		spec: vs, peers: peers}, nil
 }
 
 // Start runs the FI, the adapters and every VM (drivers come up; traffic

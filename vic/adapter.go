@@ -275,9 +275,13 @@ func (a *Adapter) txEngine() {
 			views[i] = bufs[i].Space()[:link.MaxFrame]
 		}
 		gathered := 0
-		n := v.dev.ProcessTx(0, views, lens, metas, func(n int) { gathered = n })
+		n := v.dev.ProcessTx(0, views, lens, metas, func(n int) {
+			gathered = n
+			v.txInFlight.Add(int64(n)) // completed in the ring, not yet on the wire
+		})
 		if gathered > 0 {
 			sendErr = a.sendUp(v, bufs[:gathered], lens, metas)
+			v.txInFlight.Add(-int64(gathered))
 		}
 		if sendErr == link.ErrClosed {
 			return
@@ -451,9 +455,11 @@ func (a *Adapter) classify(vnics map[uint16]*VNIC, b *link.Buf, h *wire.FabricHe
 		a.drops.UnknownVif.Add(1)
 		return nil
 	}
+	v.stats.arrived.Add(1)
 	if h.VNTag.Looped && h.VNTag.SVIF == h.VNTag.DVIF {
 		// Source pruning (protocols.md §1.2): never back to the sender.
 		a.drops.LoopedSelf.Add(1)
+		v.stats.handed.Add(1)
 		return nil
 	}
 	b.RemoveAt(12, wire.VNTagLen)
@@ -493,6 +499,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 			for i := 0; i < n; i++ {
 				bufs[i] = nil
 			}
+			v.stats.handed.Add(uint64(n))
 			bufs = bufs[n:]
 			v.stats.rxFrames.Add(uint64(n))
 			v.stats.rxBytes.Add(bytes)
@@ -512,6 +519,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 			v.stats.rxFrames.Add(uint64(r.Written))
 			v.stats.rxBytes.Add(uint64(r.WrittenBytes))
 			v.stats.rxDropped.Add(uint64(r.Dropped))
+			v.stats.handed.Add(uint64(r.Consumed))
 			bufs = bufs[r.Consumed:]
 			done = !r.Full && len(bufs) == 0
 			if r.Full {
@@ -540,6 +548,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 		a.RxWaitVif.Store(0)
 		if v.deleted.Load() {
 			v.stats.rxDropped.Add(uint64(len(bufs)))
+			v.stats.handed.Add(uint64(len(bufs)))
 			return true
 		}
 	}
@@ -565,7 +574,10 @@ type VNIC struct {
 	backlog  []*link.Buf
 	txOut    []*link.Buf // the tx engine's scratch for one backlog batch
 	wantRoom atomic.Bool
-	roomFn   atomic.Pointer[func()]
+	// txInFlight counts frames taken from the guest's ring or the host
+	// queue that the tx engine has not yet handed to the uplink.
+	txInFlight atomic.Int64
+	roomFn     atomic.Pointer[func()]
 
 	rxMu        sync.Mutex
 	host        link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
@@ -579,6 +591,8 @@ type vnicStats struct {
 	txFrames, txBytes atomic.Uint64
 	rxFrames, rxBytes atomic.Uint64
 	rxToHost          atomic.Uint64
+	arrived           atomic.Uint64 // frames the uplink brought for this vif
+	handed            atomic.Uint64 // of those, frames the rx engine has handed on (device, host side or drop)
 	txDropped         atomic.Uint64
 	rxDropped         atomic.Uint64
 	rxWaits           atomic.Uint64
@@ -592,11 +606,23 @@ type VNICStats struct {
 	RxDropped         uint64 // rejected by the device (filters, inactive, errors)
 	RxWaits           uint64 // times the adapter waited for guest rx buffers
 	Waiting           string // what the rx engine waits on now: "", "guest", "host"
+	// Arrived counts every frame the uplink brought for the vif, before any
+	// filter: the FI's egress count for the vEth, seen from this side. A
+	// move of the vEth compares the two (a count barrier).
+	Arrived uint64
+	// BacklogFrames are frames the hypervisor queued, not yet sent.
+	BacklogFrames int
+	// TxInFlight are frames taken for sending but not yet on the uplink.
+	TxInFlight int64
+	// Handed counts the arrived frames the rx engine has passed on; while
+	// it is below Arrived, frames are in the engine's hands.
+	Handed uint64
 }
 
 // Stats returns the vNIC's counters.
 func (v *VNIC) Stats() VNICStats {
 	return VNICStats{
+		Arrived: v.stats.arrived.Load(), BacklogFrames: HostTxDepth - v.HostTxRoom(), TxInFlight: v.txInFlight.Load(), Handed: v.stats.handed.Load(),
 		TxFrames: v.stats.txFrames.Load(), TxBytes: v.stats.txBytes.Load(),
 		RxFrames: v.stats.rxFrames.Load(), RxBytes: v.stats.rxBytes.Load(),
 		TxDropped: v.stats.txDropped.Load(), RxDropped: v.stats.rxDropped.Load(),

@@ -184,7 +184,9 @@ func (a *Adapter) sendBacklog(v *VNIC) (int, error) {
 	rest := copy(v.backlog, v.backlog[k:])
 	clear(v.backlog[rest:])
 	v.backlog = v.backlog[:rest]
+	v.txInFlight.Add(int64(k)) // out of the queue, not yet on the wire
 	v.txMu.Unlock()
+	defer v.txInFlight.Add(-int64(k))
 	v.txOut = batch[:0]
 	if k == 0 {
 		return 0, nil

@@ -146,7 +146,7 @@ func (m *Memory) PutU8(pa uint64, v uint8) bool {
 	if pa >= m.size {
 		return false
 	}
-	m.data[pa] = v
+	copyIn(m.data, pa, []byte{v})
 	m.markPage(pa)
 	return true
 }
@@ -156,7 +156,9 @@ func (m *Memory) PutU16(pa uint64, v uint16) bool {
 	if !m.InRange(pa, 2) {
 		return false
 	}
-	binary.LittleEndian.PutUint16(m.data[pa:], v)
+	var b [2]byte
+	binary.LittleEndian.PutUint16(b[:], v)
+	copyIn(m.data, pa, b[:])
 	m.markRange(pa, 2)
 	return true
 }
@@ -171,7 +173,9 @@ func (m *Memory) PutU32(pa uint64, v uint32) bool {
 		m.markPage(pa)
 		return true
 	}
-	binary.LittleEndian.PutUint32(m.data[pa:], v)
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	copyIn(m.data, pa, b[:])
 	m.markRange(pa, 4)
 	return true
 }
@@ -186,7 +190,9 @@ func (m *Memory) PutU64(pa uint64, v uint64) bool {
 		m.markPage(pa)
 		return true
 	}
-	binary.LittleEndian.PutUint64(m.data[pa:], v)
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	copyIn(m.data, pa, b[:])
 	m.markRange(pa, 8)
 	return true
 }
@@ -239,7 +245,7 @@ func (m *Memory) Write(pa uint64, src []byte) error {
 	if !m.InRange(pa, uint64(len(src))) {
 		return ErrRange
 	}
-	copy(m.data[pa:], src)
+	copyIn(m.data, pa, src)
 	m.markRange(pa, uint64(len(src)))
 	return nil
 }
@@ -249,7 +255,14 @@ func (m *Memory) Zero(pa, n uint64) error {
 	if !m.InRange(pa, n) {
 		return ErrRange
 	}
-	clear(m.data[pa : pa+n])
+	if raceEnabled {
+		var zero [512]byte
+		for off := uint64(0); off < n; off += uint64(len(zero)) {
+			copyIn(m.data, pa+off, zero[:min(uint64(len(zero)), n-off)])
+		}
+	} else {
+		clear(m.data[pa : pa+n])
+	}
 	m.markRange(pa, n)
 	return nil
 }

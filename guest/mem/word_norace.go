@@ -15,3 +15,8 @@ func load32(p unsafe.Pointer) uint32     { return *(*uint32)(p) }
 func store32(p unsafe.Pointer, v uint32) { *(*uint32)(p) = v }
 func load64(p unsafe.Pointer) uint64     { return *(*uint64)(p) }
 func store64(p unsafe.Pointer, v uint64) { *(*uint64)(p) = v }
+
+// copyIn writes src at data[pa:]: a plain copy outside the race detector.
+func copyIn(data []byte, pa uint64, src []byte) { copy(data[pa:], src) }
+
+const raceEnabled = false
