@@ -139,10 +139,6 @@ func logFabric(t *testing.T, l *lab.Lab) {
 		st := vm.VNIC.Stats()
 		t.Logf("at dump: %s vnic %p waiting %q hostdriven %v port queued %d txroom %d held(vnic) %d held(emu) %d", vm.Name(), vm.VNIC, st.Waiting, vm.VNIC.HostDriven(), vm.Port.Queued(), vm.Port.TxRoom(), vm.VNIC.Device().HeldFrames(0), vm.Emulated().Device().HeldFrames(0))
 	}
-	for _, h := range l.Hosts() {
-		w := h.Adapter.RxWaitVif.Load()
-		t.Logf("adapter %s rx waits on vif %d kind %d", h.Name, w>>8, w&0xff)
-	}
 	for _, vm := range l.VMs() {
 		t.Logf("  %s is vif %d on %s", vm.Name(), vm.Vif, vm.Host.Name)
 		if vm.Mode() == hypervisor.ModeEmulated {

@@ -83,8 +83,6 @@ type Adapter struct {
 	wg     sync.WaitGroup
 
 	drops AdapterDrops
-
-	RxWaitVif atomic.Uint32 // debug: vif<<8|kind the rx engine waits on
 }
 
 // AdapterDrops counts frames from the uplink that no vNIC could take.
@@ -535,8 +533,6 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 		}
 		v.stats.rxWaits.Add(1)
 		v.waiting.Store(kind)
-		v.dbgWaitBufs.Store(int64(len(bufs)))
-		a.RxWaitVif.Store(uint32(v.vif)<<8 | uint32(kind))
 		select {
 		case <-wait:
 		case <-v.retarget:
@@ -545,7 +541,6 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 			return false
 		}
 		v.waiting.Store(0)
-		a.RxWaitVif.Store(0)
 		if v.deleted.Load() {
 			v.stats.rxDropped.Add(uint64(len(bufs)))
 			v.stats.handed.Add(uint64(len(bufs)))
@@ -579,12 +574,11 @@ type VNIC struct {
 	txInFlight atomic.Int64
 	roomFn     atomic.Pointer[func()]
 
-	rxMu        sync.Mutex
-	host        link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
-	retarget    chan struct{} // signalled after a hand-off moved the vif's frames
-	handoffs    atomic.Uint64
-	waiting     atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
-	dbgWaitBufs atomic.Int64
+	rxMu     sync.Mutex
+	host     link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
+	retarget chan struct{} // signalled after a hand-off moved the vif's frames
+	handoffs atomic.Uint64
+	waiting  atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
 }
 
 type vnicStats struct {
@@ -626,7 +620,7 @@ func (v *VNIC) Stats() VNICStats {
 		TxFrames: v.stats.txFrames.Load(), TxBytes: v.stats.txBytes.Load(),
 		RxFrames: v.stats.rxFrames.Load(), RxBytes: v.stats.rxBytes.Load(),
 		TxDropped: v.stats.txDropped.Load(), RxDropped: v.stats.rxDropped.Load(),
-		RxWaits: v.stats.rxWaits.Load(), Waiting: fmt.Sprintf("%d/%d", v.waiting.Load(), v.dbgWaitBufs.Load()),
+		RxWaits: v.stats.rxWaits.Load(), Waiting: [...]string{"", "guest", "host"}[v.waiting.Load()],
 	}
 }
 
