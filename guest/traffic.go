@@ -56,6 +56,8 @@ import (
 //	      48 u64 misdelivered   probes for another VM id or unicast MAC
 //	      56 u64 unknown peer   probes for us from a VM id that is no peer
 //	      64 u64 tx busy        Steps that stopped on a full tx ring
+//	      80 u64 gap epoch      guest ns; gaps ending before it no longer count
+//	                            (written by the controller only, ResetGaps)
 //	      72 u64 tx too small   Steps that found a tx buffer shorter than a frame
 //	1024  peer slot 0 (trfSlotSize bytes), then slot 1, ...
 //	      0   u64 next seq      next sequence number to send (starts at 1)
@@ -74,6 +76,9 @@ import (
 //	      128 u64 lat min ns
 //	      136 u64 lat max ns
 //	      144 u64 lat sum ns
+//	      152 u64 last rx ns    guest time of the last unique reception
+//	      160 u64 max gap ns    longest time between two unique receptions
+//	      168 u64 max gap end   guest ns at which that gap ended
 //	      512 window bitmap     4096 bits, bit (seq mod 4096) set = seq seen
 //
 // Slots are 1 KiB and start at 1 KiB, so a slot never straddles a page: a
@@ -96,6 +101,7 @@ const (
 	trfOffUnknownPeer  = 56
 	trfOffTxBusy       = 64
 	trfOffTxTooSmall   = 72
+	trfOffGapEpoch     = 80
 	trfHeaderSize      = 1024
 
 	trpOffNextSeq    = 0
@@ -114,6 +120,9 @@ const (
 	trpOffLatMin     = 128
 	trpOffLatMax     = 136
 	trpOffLatSum     = 144
+	trpOffLastRx     = 152
+	trpOffMaxGap     = 160
+	trpOffMaxGapEnd  = 168
 	trpOffWindow     = 512
 	trfSlotSize      = 1024
 )
@@ -580,6 +589,7 @@ func (t *Traffic) Receive(_ NetDev, pa uint64, n int, now int64) {
 		workloadAdd(m, s+trpOffReordered, 1)
 	}
 	workloadAdd(m, s+trpOffUnique, 1)
+	t.recordGap(s, now)
 
 	// Guest clocks of different hosts are not synchronised; a negative
 	// sample is clock skew, recorded as 0 rather than wrapped.
@@ -593,6 +603,34 @@ func (t *Traffic) Receive(_ NetDev, pa uint64, n int, now int64) {
 	}
 	m.PutU64(s+trpOffLatCount, cnt+1)
 	workloadAdd(m, s+trpOffLatSum, lat)
+}
+
+// recordGap keeps the longest silence of slot s's stream: the time between
+// two unique receptions, the blackout a move of either VM causes as its
+// peer sees it. A maximum older than the controller's gap epoch is forgotten.
+func (t *Traffic) recordGap(s uint64, now int64) {
+	m := t.m
+	last := m.U64(s + trpOffLastRx)
+	m.PutU64(s+trpOffLastRx, uint64(now))
+	if last == 0 || now <= int64(last) {
+		return
+	}
+	gap := uint64(now) - last
+	cur := m.U64(s + trpOffMaxGap)
+	if m.U64(s+trpOffMaxGapEnd) < m.U64(t.base+trfOffGapEpoch) {
+		cur = 0
+	}
+	if gap > cur {
+		m.PutU64(s+trpOffMaxGap, gap)
+		m.PutU64(s+trpOffMaxGapEnd, uint64(now))
+	}
+}
+
+// ResetGaps makes MaxGap count only gaps that end at or after the guest
+// time now, as a guest agent command (an aligned word store, safe while the
+// vCPU runs), e.g. to measure the blackout of one migration.
+func (t *Traffic) ResetGaps(m *mem.Memory, now int64) {
+	m.PutU64(t.base+trfOffGapEpoch, uint64(now))
 }
 
 // advanceWindow moves the window of slot s from highest hi to seq > hi: the
@@ -672,6 +710,10 @@ type RxCounters struct {
 	Reordered  uint64 // unique but arriving after a higher number
 	Late       uint64 // older than the window, so neither counted unique nor dup
 	Latency    Latency
+	// MaxGap is the longest time between two unique receptions since the
+	// last ResetGaps, ending at guest time MaxGapEnd (ns).
+	MaxGap    time.Duration
+	MaxGapEnd int64
 }
 
 func (r *RxCounters) merge(o RxCounters) {
@@ -682,6 +724,9 @@ func (r *RxCounters) merge(o RxCounters) {
 	r.Reordered += o.Reordered
 	r.Late += o.Late
 	r.Latency.merge(o.Latency)
+	if o.MaxGap > r.MaxGap {
+		r.MaxGap, r.MaxGapEnd = o.MaxGap, o.MaxGapEnd
+	}
 }
 
 // PeerTraffic is one peer's pair of streams as this VM sees them.
@@ -747,6 +792,9 @@ func (t *Traffic) Stats(m *mem.Memory) TrafficStats {
 			},
 			HighestSeq: m.U64(s + trpOffHighest),
 		}
+		if end := m.U64(s + trpOffMaxGapEnd); end >= m.U64(b+trfOffGapEpoch) {
+			pt.Received.MaxGap, pt.Received.MaxGapEnd = time.Duration(m.U64(s+trpOffMaxGap)), int64(end)
+		}
 		st.Peers[i] = pt
 		st.Sent.Frames += pt.Sent.Frames
 		st.Sent.Bytes += pt.Sent.Bytes
@@ -763,4 +811,29 @@ func (s TrafficStats) Peer(vm uint32) (PeerTraffic, bool) {
 		}
 	}
 	return PeerTraffic{}, false
+}
+
+// Missing returns the sequence numbers from peer vm that are still missing
+// within the receive window (the last TrafficWindow numbers up to the
+// highest seen), at most max of them, oldest first: where to look when a
+// stream lost frames.
+func (t *Traffic) Missing(m *mem.Memory, vm uint32, max int) []uint64 {
+	i, ok := t.index[vm]
+	if !ok {
+		return nil
+	}
+	s := t.slot(i)
+	hi := m.U64(s + trpOffHighest)
+	lo := uint64(1)
+	if hi >= TrafficWindow {
+		lo = hi - TrafficWindow + 1
+	}
+	var out []uint64
+	for seq := lo; seq <= hi && len(out) < max; seq++ {
+		pos := seq % TrafficWindow
+		if m.U64(s+trpOffWindow+pos/64*8)&(1<<(pos%64)) == 0 {
+			out = append(out, seq)
+		}
+	}
+	return out
 }

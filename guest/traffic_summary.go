@@ -3,6 +3,7 @@ package guest
 import (
 	"cmp"
 	"slices"
+	"time"
 )
 
 // PairSummary is the accounting of one stream, from Src to Dst.
@@ -14,6 +15,9 @@ type PairSummary struct {
 	Duplicated uint64
 	Reordered  uint64
 	Late       uint64 // older than Dst's window; counted in Lost
+	// MaxGap is the longest silence Dst saw in the stream since its last
+	// ResetGaps: the stream's blackout.
+	MaxGap time.Duration
 }
 
 // Summary is the fabric-wide exactly-once accounting of a traffic run.
@@ -61,7 +65,7 @@ func Reconcile(all map[uint32]TrafficStats) Summary {
 			ps := PairSummary{Src: st.VM, Dst: p.VM, Sent: p.Sent.Frames}
 			if rp, ok := all[p.VM].Peer(st.VM); ok {
 				r := rp.Received
-				ps.Unique, ps.Duplicated, ps.Reordered, ps.Late = r.Unique, r.Duplicates, r.Reordered, r.Late
+				ps.Unique, ps.Duplicated, ps.Reordered, ps.Late, ps.MaxGap = r.Unique, r.Duplicates, r.Reordered, r.Late, r.MaxGap
 				s.Received += r.Frames
 			}
 			ps.Lost = int64(ps.Sent) - int64(ps.Unique)

@@ -607,3 +607,43 @@ func TestTrafficLiveControl(t *testing.T) {
 		t.Errorf("sent %d frames after Stopped reported true (%d -> %d)", got-sent, sent, got)
 	}
 }
+
+// TestTrafficGaps checks the blackout measure: the longest time between two
+// unique receptions of a stream, forgotten by ResetGaps, blind to
+// duplicates and to other peers' streams.
+func TestTrafficGaps(t *testing.T) {
+	m := newTestMem(t)
+	nic := newFakeNIC(m, vmMAC(2), wtDefaultSlots)
+	tr := newTraffic(t, m, trafficConfig(2, 0, 1, 3))
+	a := func(seq uint64, at int64) { deliver(t, tr, nic, m, probeFrame(1, 2, vmMAC(2), seq, at), at) }
+	c := func(seq uint64, at int64) { deliver(t, tr, nic, m, probeFrame(3, 2, vmMAC(2), seq, at), at) }
+	gapOf := func(vm uint32) RxCounters {
+		p, _ := tr.Stats(m).Peer(vm)
+		return p.Received
+	}
+	a(1, 1_000)
+	a(2, 2_000)
+	a(3, 50_000) // gap 48 µs
+	a(3, 90_000) // duplicate: does not end a gap
+	a(4, 91_000) // gap 41 µs < 48
+	c(1, 95_000)
+	c(2, 500_000) // the other stream's gap is its own
+	if g := gapOf(1); g.MaxGap != 48_000 || g.MaxGapEnd != 50_000 {
+		t.Fatalf("stream 1->2: max gap %v ending %d, want 48µs ending 50000", g.MaxGap, g.MaxGapEnd)
+	}
+	if g := gapOf(3); g.MaxGap != 405_000 {
+		t.Fatalf("stream 3->2: max gap %v, want 405µs", g.MaxGap)
+	}
+	tr.ResetGaps(m, 100_000)
+	if g := gapOf(1); g.MaxGap != 0 {
+		t.Fatalf("after ResetGaps: max gap %v, want 0", g.MaxGap)
+	}
+	a(5, 120_000) // 29 µs, ends after the epoch
+	a(6, 121_000)
+	if g := gapOf(1); g.MaxGap != 29_000 || g.MaxGapEnd != 120_000 {
+		t.Fatalf("after ResetGaps: max gap %v ending %d, want 29µs ending 120000", g.MaxGap, g.MaxGapEnd)
+	}
+	if s := Reconcile(map[uint32]TrafficStats{1: {VM: 1, Peers: []PeerTraffic{{VM: 2, Sent: TxCounters{Frames: 6}}}}, 2: tr.Stats(m)}); s.Pairs[0].MaxGap != 29_000 {
+		t.Fatalf("reconciled pair %+v, want max gap 29µs", s.Pairs[0])
+	}
+}

@@ -42,8 +42,9 @@ type VCPU struct {
 		resume  chan struct{} // closed by Resume
 		running bool
 	}
-	steps atomic.Uint64
-	idle  atomic.Uint64
+	steps   atomic.Uint64
+	idle    atomic.Uint64
+	stalled atomic.Bool
 }
 
 // NewVCPU returns a vCPU for drv and wl; it starts nothing.
@@ -108,6 +109,12 @@ func (v *VCPU) Run(ctx context.Context) error {
 			return nil
 		}
 		v.parkIfAsked(ctx)
+		if v.stalled.Load() {
+			// Busy elsewhere: no driver code runs, interrupts stay pending.
+			v.idle.Add(1)
+			v.waitFor(ctx, timer, 0)
+			continue
+		}
 		now := v.clock()
 		if v.irr.Swap(0) != 0 {
 			v.drv.CountInterrupt()
@@ -191,6 +198,16 @@ func (v *VCPU) parkIfAsked(ctx context.Context) {
 	case <-resume:
 	case <-ctx.Done():
 	}
+}
+
+// Stall makes the guest stop servicing its NIC (on) or go back to it (off),
+// as a guest busy in a long task with the NIC's vector masked: no driver
+// code runs, so its rx ring fills, the vector the device auto-masked stays
+// masked and interrupts stay pending. The vCPU still pauses and resumes.
+// A stall is the vCPU's, not the guest memory's: a migrated VM runs.
+func (v *VCPU) Stall(on bool) {
+	v.stalled.Store(on)
+	v.kick()
 }
 
 // Pause freezes the guest at its next step boundary and returns when it is

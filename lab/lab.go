@@ -70,9 +70,11 @@ type Lab struct {
 	vms   []*VM
 	log   *slog.Logger
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards started, closed, hosts' nextVif and a migrating VM's fields
 	started bool
 	closed  bool
+
+	migrating sync.Mutex // one migration at a time
 }
 
 // Host is a built host.
@@ -251,8 +253,10 @@ func (l *Lab) attachVM(h *Host, vs VMSpec, id uint32, peers []guest.TrafficPeer)
 	if err != nil {
 		return nil, err
 	}
+	l.mu.Lock()
 	vif := h.nextVif
 	h.nextVif++
+	l.mu.Unlock()
 	vnic, err := h.Adapter.CreateVNIC(vif, vs.MAC, hv.Memory(), hv)
 	if err != nil {
 		return nil, err
@@ -297,6 +301,8 @@ func (l *Lab) Hosts() []*Host { return l.hosts }
 
 // StartTraffic switches every VM's generator on.
 func (l *Lab) StartTraffic() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, vm := range l.vms {
 		vm.Traffic.Start(vm.Memory())
 	}
@@ -304,6 +310,8 @@ func (l *Lab) StartTraffic() {
 
 // StopTraffic switches every VM's generator off.
 func (l *Lab) StopTraffic() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, vm := range l.vms {
 		vm.Traffic.Stop(vm.Memory())
 	}
@@ -312,6 +320,8 @@ func (l *Lab) StopTraffic() {
 // Stats returns every VM's traffic counters, keyed by VM id.
 func (l *Lab) Stats() map[uint32]guest.TrafficStats {
 	out := make(map[uint32]guest.TrafficStats, len(l.vms))
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, vm := range l.vms {
 		out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
 	}
@@ -404,4 +414,33 @@ func (l *Lab) SortedVMs() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// ResetGaps starts a new blackout measurement on every VM: from now on each
+// stream's MaxGap counts only silences that end after this moment.
+func (l *Lab) ResetGaps() {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, vm := range l.vms {
+		vm.Traffic.ResetGaps(vm.Memory(), now)
+	}
+}
+
+// Blackout returns the longest silence, since the last ResetGaps, of any
+// stream to or from the VM named name, as its receivers saw it.
+func (l *Lab) Blackout(name string) time.Duration {
+	var id uint32
+	for _, vm := range l.VMs() {
+		if vm.Name() == name {
+			id = vm.ID()
+		}
+	}
+	var worst time.Duration
+	for _, p := range guest.Reconcile(l.Stats()).Pairs {
+		if p.Src == id || p.Dst == id {
+			worst = max(worst, p.MaxGap)
+		}
+	}
+	return worst
 }

@@ -133,6 +133,11 @@ func logFabric(t *testing.T, l *lab.Lab) {
 	}
 	for _, p := range guest.Reconcile(l.Stats()).Pairs {
 		t.Logf("pair %+v", p)
+		for _, vm := range l.VMs() {
+			if vm.ID() == p.Dst && p.Lost != 0 {
+				t.Logf("  missing at %s (window): %v", vm.Name(), vm.Traffic.Missing(vm.Memory(), p.Src, 16))
+			}
+		}
 	}
 	t.Logf("fi %+v", l.FI.Stats())
 	for _, vm := range l.VMs() {
@@ -148,7 +153,7 @@ func logFabric(t *testing.T, l *lab.Lab) {
 			t.Logf("   emu rx rings %+v comp %+v", st.RxQueues[0].Rings, st.RxQueues[0].Comp)
 		}
 	}
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, 16<<20)
 	n := runtime.Stack(buf, true)
 	_ = os.WriteFile(filepath.Join(os.TempDir(), "vmfex-switch-goroutines.txt"), buf[:n], 0o644)
 }

@@ -62,6 +62,11 @@ type SenderConfig struct {
 	// MaxRounds bounds the live rounds, round 0 included; then the
 	// pre-copy stops whatever the estimate (30).
 	MaxRounds int
+	// NoProgressRounds stops the live rounds after this many rounds in a
+	// row that did not leave fewer dirty pages than the best round before
+	// them: the guest dirties memory as fast as it is sent, and more
+	// rounds only add to the total time (5; negative: never).
+	NoProgressRounds int
 	// BatchPages is the pages per Pages message (256, 1 MiB of data; at most
 	// MaxBatchPages).
 	BatchPages int
@@ -73,6 +78,9 @@ func (c *SenderConfig) defaults() {
 	}
 	if c.MaxRounds <= 0 {
 		c.MaxRounds = 30
+	}
+	if c.NoProgressRounds == 0 {
+		c.NoProgressRounds = 5
 	}
 	if c.BatchPages <= 0 {
 		c.BatchPages = 256
@@ -87,9 +95,10 @@ type StopReason uint8
 
 // Stop reasons.
 const (
-	StopNone      StopReason = iota // none
-	StopConverged                   // converged
-	StopMaxRounds                   // max-rounds
+	StopNone       StopReason = iota // none
+	StopConverged                    // converged
+	StopMaxRounds                    // max-rounds
+	StopNoProgress                   // no-progress
 )
 
 type senderPhase uint8
@@ -148,8 +157,11 @@ type Sender struct {
 	data []byte   // the batch's page bytes
 
 	liveBytes uint64
-	liveTime  time.Duration
-	report    Report
+	// bestDirty is the fewest pages left dirty after a live round after
+	// round 0, stale counts the rounds since it last fell.
+	bestDirty, stale uint64
+	liveTime         time.Duration
+	report           Report
 
 	msg Msg // reused for Pages
 }
@@ -259,12 +271,22 @@ func (s *Sender) RoundDone(bytes uint64, took time.Duration) StopReason {
 	if s.liveTime > 0 {
 		s.report.Bandwidth = float64(s.liveBytes) / s.liveTime.Seconds()
 	}
-	est := s.Estimate(uint64(s.mem.DirtyCount()))
+	dirty := uint64(s.mem.DirtyCount())
+	est := s.Estimate(dirty)
+	if s.round > 1 {
+		if s.round == 2 || dirty < s.bestDirty {
+			s.bestDirty, s.stale = dirty, 0
+		} else {
+			s.stale++
+		}
+	}
 	switch {
 	case est <= s.cfg.DowntimeTarget:
 		s.report.StopReason = StopConverged
 	case int(s.round) >= s.cfg.MaxRounds:
 		s.report.StopReason = StopMaxRounds
+	case s.cfg.NoProgressRounds > 0 && s.stale >= uint64(s.cfg.NoProgressRounds):
+		s.report.StopReason = StopNoProgress
 	default:
 		s.phase = phaseLive
 		return StopNone

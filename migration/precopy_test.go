@@ -187,6 +187,42 @@ func TestSenderStopsAtMaxRounds(t *testing.T) {
 	}
 }
 
+// TestSenderStopsWithoutProgress: a guest whose dirty set does not shrink
+// from round to round stops the pre-copy after NoProgressRounds rounds
+// that did not beat the best one, long before MaxRounds; a shrinking set
+// keeps it going.
+func TestSenderStopsWithoutProgress(t *testing.T) {
+	m := newMem(t, 64)
+	s := NewSender(m, SenderConfig{MaxRounds: 30, NoProgressRounds: 3, DowntimeTarget: time.Nanosecond})
+	// Dirty pages left after each round: falling for a while, then flat.
+	left := []int{40, 30, 20, 20, 25, 20, 20}
+	for i, n := range left {
+		s.BeginRound()
+		for pns, _ := s.NextBatch(); pns != nil; pns, _ = s.NextBatch() {
+		}
+		for p := range n {
+			m.PutU64(uint64(p)*mem.PageSize, uint64(i+1))
+		}
+		s.EndRound()
+		r := s.RoundDone(pageEntry, time.Millisecond)
+		// Rounds 1.. are measured: 30 (best), 20 (best), 20, 25, 20 -> the
+		// third in a row without a new best is round 5 (index 5).
+		want := StopNone
+		if i == 5 {
+			want = StopNoProgress
+		}
+		if r != want {
+			t.Fatalf("round %d (%d left dirty): RoundDone = %v, want %v", i, n, r, want)
+		}
+		if r != StopNone {
+			break
+		}
+	}
+	if got := s.Report().StopReason.String(); got != "no-progress" {
+		t.Fatalf("stop reason %q", got)
+	}
+}
+
 // guestLoad stands for a running vCPU: it writes a counter-derived pattern
 // into random pages among the first hot ones (page 0 excluded) and keeps a
 // checksum page, page 0: word 0 is the number of writes, word 1 the XOR of

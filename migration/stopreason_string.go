@@ -11,11 +11,12 @@ func _() {
 	_ = x[StopNone-0]
 	_ = x[StopConverged-1]
 	_ = x[StopMaxRounds-2]
+	_ = x[StopNoProgress-3]
 }
 
-const _StopReason_name = "noneconvergedmax-rounds"
+const _StopReason_name = "noneconvergedmax-roundsno-progress"
 
-var _StopReason_index = [...]uint8{0, 4, 13, 23}
+var _StopReason_index = [...]uint8{0, 4, 13, 23, 34}
 
 func (i StopReason) String() string {
 	idx := int(i) - 0

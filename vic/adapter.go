@@ -159,7 +159,7 @@ func (a *Adapter) CreateVNIC(vif uint16, mac wire.MAC, m *mem.Memory, sink vmxne
 	if len(cur) >= a.max {
 		return nil, fmt.Errorf("%w: %s has all %d in use", ErrPoolExhausted, a.name, a.max)
 	}
-	v := &VNIC{vif: vif, mac: mac, adapter: a, gone: make(chan struct{}), retarget: make(chan struct{}, 1)}
+	v := &VNIC{vif: vif, mac: mac, adapter: a, gone: make(chan struct{}), retarget: make(chan struct{})}
 	v.dev = vmxnet3.New(m, sink, mac, v.doorbell)
 	next := make(map[uint16]*VNIC, len(cur)+1)
 	for k, x := range cur {
@@ -480,6 +480,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 	for {
 		v.rxMu.Lock()
 		var wait <-chan struct{}
+		retarget := v.retarget
 		done := false
 		kind := int32(1)
 		if host := v.host; host != nil {
@@ -535,7 +536,7 @@ func (a *Adapter) deliverTo(ctx context.Context, v *VNIC, bufs []*link.Buf, view
 		v.waiting.Store(kind)
 		select {
 		case <-wait:
-		case <-v.retarget:
+		case <-retarget:
 		case <-v.gone:
 		case <-ctx.Done():
 			return false
@@ -574,9 +575,12 @@ type VNIC struct {
 	txInFlight atomic.Int64
 	roomFn     atomic.Pointer[func()]
 
-	rxMu     sync.Mutex
-	host     link.Sink     // guarded by rxMu; non-nil while the hypervisor drives the vNIC
-	retarget chan struct{} // signalled after a hand-off moved the vif's frames
+	rxMu sync.Mutex
+	host link.Sink // guarded by rxMu; non-nil while the hypervisor drives the vNIC
+	// retarget is closed (and replaced) by every hand-off, under rxMu: a
+	// broadcast, because the rx engine and a Kick's flush may both wait on
+	// the side the hand-off just retired, and both must look again.
+	retarget chan struct{}
 	handoffs atomic.Uint64
 	waiting  atomic.Int32 // 0, or what the rx engine waits on: 1 the device, 2 the host side
 }

@@ -66,7 +66,7 @@ func (v *VNIC) DetachToHost(host link.Sink, pause func() error, load func(vmxnet
 	v.dev.Discard()
 	v.host = host
 	v.handoffs.Add(1)
-	signalChan(v.retarget)
+	v.retargetLocked()
 	v.adapter.log.Info("vNIC detached to host", "vif", v.vif)
 	return nil
 }
@@ -97,7 +97,7 @@ func (v *VNIC) AttachFromHost(save func() (vmxnet3.State, [][]byte, error)) erro
 	v.host = nil
 	v.handoffs.Add(1)
 	v.dev.Thaw()
-	signalChan(v.retarget)
+	v.retargetLocked()
 	v.rxMu.Unlock()
 	v.adapter.log.Info("vNIC attached direct", "vif", v.vif)
 	return nil
@@ -232,9 +232,9 @@ func (v *VNIC) dropBacklog() int {
 	return n
 }
 
-func signalChan(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
+// retargetLocked wakes every goroutine waiting to hand the vif's frames to
+// the side a hand-off retired. Callers hold rxMu.
+func (v *VNIC) retargetLocked() {
+	close(v.retarget)
+	v.retarget = make(chan struct{})
 }

@@ -28,6 +28,9 @@ type demoOpts struct {
 	rate      uint64
 	frameLen  int
 	emulated  bool
+	migrate   string // VM to migrate live ("" or "none": no migration)
+	migrateTo string // destination host ("": the other one)
+	transport string // migration stream: tcp or pipe
 }
 
 func newDemoCmd() *cobra.Command {
@@ -52,6 +55,9 @@ duplicated and misdelivered.`,
 	f.Uint64Var(&o.rate, "rate", 0, "frames per second from each VM to each peer (0 = as fast as the rings allow)")
 	f.IntVar(&o.frameLen, "frame-size", 64, "frame size in bytes, without FCS (64..1518)")
 	f.BoolVar(&o.emulated, "emulated-phase", true, "after the direct phase, switch every vNIC live to the emulated device, run the same traffic there, and switch back")
+	f.StringVar(&o.migrate, "migrate", "web-1", "then live-migrate this VM to the other host under the same traffic (none: skip)")
+	f.StringVar(&o.migrateTo, "migrate-to", "", "destination host of --migrate (default: the host the VM is not on)")
+	f.StringVar(&o.transport, "migrate-transport", "tcp", "migration stream between the hosts: tcp (loopback socket) or pipe (in process)")
 	return cmd
 }
 
@@ -74,21 +80,22 @@ type demoVM struct {
 }
 
 type demoReport struct {
-	DurationS    float64      `json:"duration_s"`
-	FrameSize    int          `json:"frame_size"`
-	Sent         uint64       `json:"frames_sent"`
-	Received     uint64       `json:"frames_received"`
-	Lost         int64        `json:"frames_lost"`
-	Duplicated   uint64       `json:"frames_duplicated"`
-	Misdelivered uint64       `json:"frames_misdelivered"`
-	Reordered    uint64       `json:"frames_reordered"`
-	DirectPPS    float64      `json:"direct_pps"`
-	EmulatedPPS  float64      `json:"emulated_pps,omitempty"`
-	Switches     []demoSwitch `json:"mode_switches,omitempty"`
-	FIDrops      uint64       `json:"fi_policy_drops"`
-	Capture      string       `json:"capture,omitempty"`
-	Captured     uint64       `json:"frames_captured,omitempty"`
-	VMs          []demoVM     `json:"vms"`
+	DurationS    float64        `json:"duration_s"`
+	FrameSize    int            `json:"frame_size"`
+	Sent         uint64         `json:"frames_sent"`
+	Received     uint64         `json:"frames_received"`
+	Lost         int64          `json:"frames_lost"`
+	Duplicated   uint64         `json:"frames_duplicated"`
+	Misdelivered uint64         `json:"frames_misdelivered"`
+	Reordered    uint64         `json:"frames_reordered"`
+	DirectPPS    float64        `json:"direct_pps"`
+	EmulatedPPS  float64        `json:"emulated_pps,omitempty"`
+	Switches     []demoSwitch   `json:"mode_switches,omitempty"`
+	Migration    *demoMigration `json:"migration,omitempty"`
+	FIDrops      uint64         `json:"fi_policy_drops"`
+	Capture      string         `json:"capture,omitempty"`
+	Captured     uint64         `json:"frames_captured,omitempty"`
+	VMs          []demoVM       `json:"vms"`
 }
 
 func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
@@ -100,6 +107,15 @@ func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
 	}
 	if o.duration <= 0 {
 		return fmt.Errorf("--duration %v: must be positive, e.g. 3s", o.duration)
+	}
+	if o.migrate == "none" {
+		o.migrate = ""
+	}
+	if o.transport == "" {
+		o.transport = string(lab.TransportTCP)
+	}
+	if o.transport != string(lab.TransportTCP) && o.transport != string(lab.TransportPipe) {
+		return fmt.Errorf("--migrate-transport %q: must be tcp or pipe", o.transport)
 	}
 	topo := lab.DemoTopology()
 	topo.Traffic = lab.TrafficSpec{FrameLen: o.frameLen, Rate: o.rate}
@@ -163,6 +179,13 @@ func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
 			return err
 		}
 	}
+	var mig *demoMigration
+	if o.migrate != "" {
+		var err error
+		if mig, err = runMigrationPhase(ctx, out, l, o); err != nil {
+			return err
+		}
+	}
 	l.StopTraffic()
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -173,6 +196,7 @@ func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
 		rep.EmulatedPPS = emu.pps
 		rep.Switches = emu.switches
 	}
+	rep.Migration = mig
 	if capW != nil {
 		_ = capW.Close()
 		rep.Capture = o.capture
@@ -249,6 +273,16 @@ func printReport(out io.Writer, r demoReport) {
 		}
 		fmt.Fprintf(out, "%d live mode switches under traffic; longest guest pause %v\n", len(r.Switches), worst)
 	}
+	if m := r.Migration; m != nil {
+		fmt.Fprintf(out, "\nlive migration of %s from %s to %s over %s: total %.1f ms, VM frozen %.2f ms, longest gap in its streams %.2f ms; %d pre-copy rounds, %d bytes\n",
+			m.VM, m.From, m.To, m.Transport, m.TotalMs, m.DowntimeMs, m.BlackoutMs, m.PrecopyRounds, m.BytesTransferred)
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PHASE\tSTART\tEND\tTOOK")
+		for _, p := range m.Phases {
+			fmt.Fprintf(tw, "%s\t%.2fms\t%.2fms\t%.2fms\n", p.Name, float64(p.StartUs)/1e3, float64(p.EndUs)/1e3, float64(p.EndUs-p.StartUs)/1e3)
+		}
+		tw.Flush()
+	}
 	if r.Capture != "" {
 		fmt.Fprintf(out, "captured %d frames of the server port to %s (tshark -r %s -Y vntag)\n", r.Captured, r.Capture, r.Capture)
 	}
@@ -297,4 +331,58 @@ func runEmulatedPhase(ctx context.Context, l *lab.Lab, d time.Duration) (emulate
 	u1 := guest.Reconcile(l.Stats()).Unique
 	ph.pps = float64(u1-u0) / time.Since(t0).Seconds()
 	return ph, sw(hypervisor.ModeDirect)
+}
+
+// demoMigration is the migration's part of the report.
+type demoMigration struct {
+	lab.MigrationReport
+	// BlackoutMs is the longest gap in any stream to or from the VM, as the
+	// receivers' sequence numbers show it.
+	BlackoutMs float64 `json:"blackout_ms"`
+}
+
+// runMigrationPhase moves o.migrate to the other host, live, with the
+// traffic still running, and lets traffic run on for a while so that the
+// first frames after the move end the blackout.
+func runMigrationPhase(ctx context.Context, out io.Writer, l *lab.Lab, o demoOpts) (*demoMigration, error) {
+	var vm *lab.VM
+	for _, v := range l.VMs() {
+		if v.Name() == o.migrate {
+			vm = v
+		}
+	}
+	if vm == nil {
+		return nil, fmt.Errorf("--migrate %q: no such VM in the demo (%v)", o.migrate, l.SortedVMs())
+	}
+	to := o.migrateTo
+	if to == "" {
+		for _, h := range l.Hosts() {
+			if h != vm.Host {
+				to = h.Name
+				break
+			}
+		}
+	}
+	if !o.json {
+		fmt.Fprintf(out, "live-migrating %s from %s to %s over %s, traffic running\n", vm.Name(), vm.Host.Name, to, o.transport)
+	}
+	l.ResetGaps()
+	rep, err := l.MigrateWith(ctx, vm.Name(), to, lab.MigrateOptions{
+		Transport: lab.Transport(o.transport),
+		Progress: func(p lab.MigrationPhase) {
+			if !o.json {
+				fmt.Fprintf(out, "  %-16s done at %8.2f ms\n", p.Name, float64(p.EndUs)/1e3)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--migrate %s: %w", o.migrate, err)
+	}
+	// Traffic runs on; the blackout ends with the first frames after it.
+	settle := min(max(o.duration/3, 200*time.Millisecond), 2*time.Second)
+	select {
+	case <-time.After(settle):
+	case <-ctx.Done():
+	}
+	return &demoMigration{MigrationReport: rep, BlackoutMs: float64(l.Blackout(vm.Name()).Microseconds()) / 1e3}, nil
 }

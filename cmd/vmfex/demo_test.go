@@ -17,6 +17,7 @@ func TestDemoJSON(t *testing.T) {
 	err := runDemo(context.Background(), &out, demoOpts{
 		duration: 300 * time.Millisecond, json: true, frameLen: 64,
 		capture: capFile, capHost: "esx1", capFrames: 5000, emulated: true,
+		migrate: "web-1", transport: "tcp",
 	})
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
@@ -49,6 +50,32 @@ func TestDemoJSON(t *testing.T) {
 			t.Errorf("VM line %v", vm)
 		}
 	}
+	mig, ok := rep["migration"].(map[string]any)
+	if !ok {
+		t.Fatalf("JSON lacks the migration: %s", out.String())
+	}
+	for _, k := range []string{"vm", "from", "to", "total_ms", "downtime_ms", "blackout_ms", "precopy_rounds", "bytes_transferred", "phases"} {
+		if _, ok := mig[k]; !ok {
+			t.Errorf("migration lacks %q", k)
+		}
+	}
+	if mig["vm"] != "web-1" || mig["from"] != "esx1" || mig["to"] != "esx2" || mig["blackout_ms"].(float64) <= 0 || mig["bytes_transferred"].(float64) <= 0 {
+		t.Errorf("migration %v", mig)
+	}
+	var names []string
+	for _, p := range mig["phases"].([]any) {
+		names = append(names, p.(map[string]any)["name"].(string))
+	}
+	for _, want := range []string{"freeze", "vic_to_emulated", "precopy", "stop_and_copy", "resume", "emulated_to_vic"} {
+		if !strings.Contains(strings.Join(names, " "), want) {
+			t.Errorf("phases %v lack %s", names, want)
+		}
+	}
+	for _, v := range vms {
+		if vm := v.(map[string]any); vm["name"] == "web-1" && vm["host"] != "esx2" {
+			t.Errorf("web-1 reported on %v after its move", vm["host"])
+		}
+	}
 	if st, err := os.Stat(capFile); err != nil || st.Size() < 1000 {
 		t.Errorf("capture file: %v", err)
 	}
@@ -63,6 +90,8 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{demoOpts{duration: 0, frameLen: 64}, "--duration"},
 		{demoOpts{duration: time.Second, frameLen: 64, capture: filepath.Join(t.TempDir(), "x.pcap"), capHost: "esx9"}, "--capture-host"},
 		{demoOpts{duration: time.Second, frameLen: 64, capture: "/nonexistent-dir/x.pcap", capHost: "esx1"}, "--capture"},
+		{demoOpts{duration: time.Second, frameLen: 64, migrate: "web-1", transport: "udp"}, "--migrate-transport"},
+		{demoOpts{duration: 100 * time.Millisecond, frameLen: 64, migrate: "db-9", transport: "tcp"}, "--migrate"},
 	} {
 		err := runDemo(context.Background(), &bytes.Buffer{}, tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
