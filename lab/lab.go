@@ -428,8 +428,9 @@ func (l *Lab) ResetGaps() {
 }
 
 // Blackout returns the longest silence, since the last ResetGaps, of any
-// stream to or from the VM named name, as its receivers saw it.
-func (l *Lab) Blackout(name string) time.Duration {
+// stream to or from the VM named name, as its receivers saw it, and the
+// wall-clock time (Unix ns) at which it ended.
+func (l *Lab) Blackout(name string) (time.Duration, int64) {
 	var id uint32
 	for _, vm := range l.VMs() {
 		if vm.Name() == name {
@@ -437,10 +438,13 @@ func (l *Lab) Blackout(name string) time.Duration {
 		}
 	}
 	var worst time.Duration
-	for _, p := range guest.Reconcile(l.Stats()).Pairs {
-		if p.Src == id || p.Dst == id {
-			worst = max(worst, p.MaxGap)
+	var end int64
+	for vmID, st := range l.Stats() {
+		for _, p := range st.Peers {
+			if (vmID == id || p.VM == id) && p.Received.MaxGap > worst {
+				worst, end = p.Received.MaxGap, p.Received.MaxGapEnd
+			}
 		}
 	}
-	return worst
+	return worst, end
 }

@@ -62,6 +62,7 @@ type MigrationReport struct {
 	From             string           `json:"from"`
 	To               string           `json:"to"`
 	Transport        Transport        `json:"transport"`
+	StartUnixNs      int64            `json:"start_unix_ns"` // phases count from here
 	TotalMs          float64          `json:"total_ms"`
 	DowntimeMs       float64          `json:"downtime_ms"` // the VM was frozen this long
 	PrecopyRounds    int              `json:"precopy_rounds"`
@@ -157,7 +158,7 @@ func (l *Lab) MigrateWith(ctx context.Context, name, to string, o MigrateOptions
 	l.migrating.Lock()
 	defer l.migrating.Unlock()
 	m := &migrationRun{l: l, vm: vm, dst: dst, o: o, t0: time.Now()}
-	m.rep = MigrationReport{VM: name, From: vm.Host.Name, To: dst.Name, Transport: o.Transport}
+	m.rep = MigrationReport{VM: name, From: vm.Host.Name, To: dst.Name, Transport: o.Transport, StartUnixNs: m.t0.UnixNano()}
 	return m.run(ctx)
 }
 

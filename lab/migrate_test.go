@@ -124,8 +124,9 @@ func TestMigrationsUnderLoadExactlyOnce(t *testing.T) {
 		vm := vmNamed(t, l, mv.vm)
 		checkPlacement(t, l, vm, mv.to)
 		waitReceiving(ctx, t, l, vm, "after the move")
-		t.Logf("%s %s->%s over %s: total %.1f ms, downtime %.2f ms, blackout %v, %d rounds, %d bytes",
-			rep.VM, rep.From, rep.To, tr, rep.TotalMs, rep.DowntimeMs, l.Blackout(mv.vm), rep.PrecopyRounds, rep.BytesTransferred)
+		gap, gapEnd := l.Blackout(mv.vm)
+		t.Logf("%s %s->%s over %s: total %.1f ms, downtime %.2f ms, blackout %v ending at %dµs, %d rounds, %d bytes",
+			rep.VM, rep.From, rep.To, tr, rep.TotalMs, rep.DowntimeMs, gap, (gapEnd-rep.StartUnixNs)/1e3, rep.PrecopyRounds, rep.BytesTransferred)
 		want := []string{lab.PhasePrepare, lab.PhaseVICToEmulated, lab.PhasePrecopy, lab.PhaseFreeze, lab.PhaseStopAndCopy, lab.PhaseResume, lab.PhaseEmulatedToVIC}
 		if len(rep.Phases) != len(want) {
 			t.Fatalf("phases %+v, want %v", rep.Phases, want)

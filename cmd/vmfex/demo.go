@@ -274,8 +274,8 @@ func printReport(out io.Writer, r demoReport) {
 		fmt.Fprintf(out, "%d live mode switches under traffic; longest guest pause %v\n", len(r.Switches), worst)
 	}
 	if m := r.Migration; m != nil {
-		fmt.Fprintf(out, "\nlive migration of %s from %s to %s over %s: total %.1f ms, VM frozen %.2f ms, longest gap in its streams %.2f ms; %d pre-copy rounds, %d bytes\n",
-			m.VM, m.From, m.To, m.Transport, m.TotalMs, m.DowntimeMs, m.BlackoutMs, m.PrecopyRounds, m.BytesTransferred)
+		fmt.Fprintf(out, "\nlive migration of %s from %s to %s over %s: total %.1f ms, VM frozen %.2f ms, longest gap in its streams %.2f ms (ended at %.2f ms); %d pre-copy rounds, %d bytes\n",
+			m.VM, m.From, m.To, m.Transport, m.TotalMs, m.DowntimeMs, m.BlackoutMs, float64(m.BlackoutEndUs)/1e3, m.PrecopyRounds, m.BytesTransferred)
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "PHASE\tSTART\tEND\tTOOK")
 		for _, p := range m.Phases {
@@ -339,6 +339,8 @@ type demoMigration struct {
 	// BlackoutMs is the longest gap in any stream to or from the VM, as the
 	// receivers' sequence numbers show it.
 	BlackoutMs float64 `json:"blackout_ms"`
+	// BlackoutEndUs is when that gap ended, counted like the phases.
+	BlackoutEndUs int64 `json:"blackout_end_us"`
 }
 
 // runMigrationPhase moves o.migrate to the other host, live, with the
@@ -384,5 +386,6 @@ func runMigrationPhase(ctx context.Context, out io.Writer, l *lab.Lab, o demoOpt
 	case <-time.After(settle):
 	case <-ctx.Done():
 	}
-	return &demoMigration{MigrationReport: rep, BlackoutMs: float64(l.Blackout(vm.Name()).Microseconds()) / 1e3}, nil
+	gap, end := l.Blackout(vm.Name())
+	return &demoMigration{MigrationReport: rep, BlackoutMs: float64(gap.Microseconds()) / 1e3, BlackoutEndUs: (end - rep.StartUnixNs) / 1e3}, nil
 }

@@ -54,7 +54,7 @@ func TestDemoJSON(t *testing.T) {
 	if !ok {
 		t.Fatalf("JSON lacks the migration: %s", out.String())
 	}
-	for _, k := range []string{"vm", "from", "to", "total_ms", "downtime_ms", "blackout_ms", "precopy_rounds", "bytes_transferred", "phases"} {
+	for _, k := range []string{"vm", "from", "to", "total_ms", "downtime_ms", "blackout_ms", "precopy_rounds", "bytes_transferred", "phases", "blackout_end_us", "start_unix_ns"} {
 		if _, ok := mig[k]; !ok {
 			t.Errorf("migration lacks %q", k)
 		}
