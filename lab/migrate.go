@@ -21,7 +21,8 @@ package lab
 //	resume           the destination validates the state and says Ready; the
 //	                 FI rebinds the vEth to the destination; Commit; the
 //	                 destination runs the VM (the commit point) and acks;
-//	                 the FI releases the held frames; a RARP announces the MAC
+//	                 the FI releases the held frames; a RARP, queued as the
+//	                 VM resumes, announces its MAC
 //	emulated_to_vic  the vNIC moves, live, onto the destination's adapter
 //
 // Before the commit point any failure — the destination refuses, the
@@ -371,7 +372,6 @@ func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 	if err := l.FI.ReleaseVEth(vm.VEth); err != nil {
 		return m.rep, err
 	}
-	announce(in)
 	m.end(PhaseResume)
 	m.rep.DowntimeMs = float64(resumedAt.Sub(frozeAt).Microseconds()) / 1e3
 
@@ -531,6 +531,11 @@ func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in
 	default:
 		return in, err
 	}
+	// The RARP goes first, queued before the guest runs: its frames then
+	// follow it, and it never finds the vNIC's host queue full.
+	if err := announce(in); err != nil {
+		return in, err
+	}
 	if err := in.ResumeIncoming(st, vcpu.IRQ); err != nil {
 		return in, err
 	}
@@ -623,13 +628,14 @@ func (vm *VM) ingressNow(fi *fabric.FI) uint64 {
 	return info.Counters.IngressFrames
 }
 
-// announce sends the RARP with which the destination announces the VM's
-// MAC after the move, as vMotion does, through the VM's vNIC.
-func announce(vm *VM) {
+// announce queues the RARP with which the destination announces the VM's
+// MAC after the move, as vMotion does, on the VM's hypervisor-driven vNIC.
+func announce(vm *VM) error {
 	b := link.Get()
-	n := wire.BuildRARPAnnounce(b.Space(), vm.MAC())
-	b.Len = n
+	b.Len = wire.BuildRARPAnnounce(b.Space(), vm.MAC())
 	if vm.VNIC.HostQueue([]*link.Buf{b}) == 0 {
 		b.Release()
+		return fmt.Errorf("lab: %s: no room in the vNIC's host queue for the RARP announcement", vm.Name())
 	}
+	return nil
 }

@@ -114,6 +114,7 @@ func TestMigrationsUnderLoadExactlyOnce(t *testing.T) {
 			tr = lab.TransportTCP
 		}
 		l.ResetGaps()
+		notProbe := peersNotProbe(l, mv.vm)
 		rep, err := l.MigrateWith(ctx, mv.vm, mv.to, lab.MigrateOptions{Transport: tr, Progress: func(p lab.MigrationPhase) {
 			t.Logf("  %s/%s ends at %dµs: streams at %v", mv.vm, p.Name, p.EndUs, streamPositions(l))
 		}})
@@ -124,6 +125,14 @@ func TestMigrationsUnderLoadExactlyOnce(t *testing.T) {
 		vm := vmNamed(t, l, mv.vm)
 		checkPlacement(t, l, vm, mv.to)
 		waitReceiving(ctx, t, l, vm, "after the move")
+		// The destination's RARP reaches every peer in the VLAN (it counts
+		// there as a frame that is no probe).
+		for peersNotProbe(l, mv.vm) <= notProbe {
+			if ctx.Err() != nil {
+				t.Fatalf("move %d: the peers of %s never received its RARP announcement", i, mv.vm)
+			}
+			time.Sleep(time.Millisecond)
+		}
 		gap, gapEnd := l.Blackout(mv.vm)
 		t.Logf("%s %s->%s over %s: total %.1f ms, downtime %.2f ms, blackout %v ending at %dµs, %d rounds, %d bytes",
 			rep.VM, rep.From, rep.To, tr, rep.TotalMs, rep.DowntimeMs, gap, (gapEnd-rep.StartUnixNs)/1e3, rep.PrecopyRounds, rep.BytesTransferred)
@@ -236,4 +245,23 @@ func streamPositions(l *lab.Lab) []string {
 		out = append(out, fmt.Sprintf("%d>%d:%d", p.Src, p.Dst, p.Sent+1))
 	}
 	return out
+}
+
+// peersNotProbe sums the non-probe frames (ARP, RARP) the VMs of name's
+// VLAN other than name received.
+func peersNotProbe(l *lab.Lab, name string) uint64 {
+	var vlan uint16
+	for _, vm := range l.VMs() {
+		if vm.Name() == name {
+			vlan = vm.VLAN
+		}
+	}
+	var n uint64
+	st := l.Stats()
+	for _, vm := range l.VMs() {
+		if vm.Name() != name && vm.VLAN == vlan {
+			n += st[vm.ID()].NotProbe
+		}
+	}
+	return n
 }
