@@ -31,6 +31,7 @@ type demoOpts struct {
 	migrate   string // VM to migrate live ("" or "none": no migration)
 	migrateTo string // destination host ("": the other one)
 	transport string // migration stream: tcp or pipe
+	memMiB    int    // guest memory per VM
 }
 
 func newDemoCmd() *cobra.Command {
@@ -57,6 +58,7 @@ duplicated and misdelivered.`,
 	f.BoolVar(&o.emulated, "emulated-phase", true, "after the direct phase, switch every vNIC live to the emulated device, run the same traffic there, and switch back")
 	f.StringVar(&o.migrate, "migrate", "web-1", "then live-migrate this VM to the other host under the same traffic (none: skip)")
 	f.StringVar(&o.migrateTo, "migrate-to", "", "destination host of --migrate (default: the host the VM is not on)")
+	f.IntVar(&o.memMiB, "vm-memory", 8, "guest memory per VM in MiB (4..4096); the migration copies all of it")
 	f.StringVar(&o.transport, "migrate-transport", "tcp", "migration stream between the hosts: tcp (loopback socket) or pipe (in process)")
 	return cmd
 }
@@ -117,8 +119,17 @@ func runDemo(ctx context.Context, out io.Writer, o demoOpts) error {
 	if o.transport != string(lab.TransportTCP) && o.transport != string(lab.TransportPipe) {
 		return fmt.Errorf("--migrate-transport %q: must be tcp or pipe", o.transport)
 	}
+	if o.memMiB == 0 {
+		o.memMiB = 8
+	}
+	if o.memMiB < 4 || o.memMiB > 4096 {
+		return fmt.Errorf("--vm-memory %d: must be 4..4096 MiB", o.memMiB)
+	}
 	topo := lab.DemoTopology()
 	topo.Traffic = lab.TrafficSpec{FrameLen: o.frameLen, Rate: o.rate}
+	for i := range topo.VMs {
+		topo.VMs[i].MemSize = uint64(o.memMiB) << 20
+	}
 
 	var capW *capture.Writer
 	if o.capture != "" {

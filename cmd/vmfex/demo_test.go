@@ -91,6 +91,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{demoOpts{duration: time.Second, frameLen: 64, capture: filepath.Join(t.TempDir(), "x.pcap"), capHost: "esx9"}, "--capture-host"},
 		{demoOpts{duration: time.Second, frameLen: 64, capture: "/nonexistent-dir/x.pcap", capHost: "esx1"}, "--capture"},
 		{demoOpts{duration: time.Second, frameLen: 64, migrate: "web-1", transport: "udp"}, "--migrate-transport"},
+		{demoOpts{duration: time.Second, frameLen: 64, memMiB: 2}, "--vm-memory"},
 		{demoOpts{duration: 100 * time.Millisecond, frameLen: 64, migrate: "db-9", transport: "tcp"}, "--migrate"},
 	} {
 		err := runDemo(context.Background(), &bytes.Buffer{}, tc.o)
