@@ -404,6 +404,9 @@ func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 // removes what it built.
 func (m *migrationRun) rollback(ctx context.Context, irq uint32, frozen bool, cause error) (MigrationReport, error) {
 	vm := m.vm
+	// Undoing must not stop half way because the caller gave up.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
 	m.src.Close()
 	m.destGone()    // the destination stops and cleans up
 	m.destination() // it removed what it built
