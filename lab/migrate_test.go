@@ -192,6 +192,23 @@ func TestMigrationRollsBackAtEveryPhase(t *testing.T) {
 		}
 		waitReceiving(ctx, t, l, vm, fmt.Sprintf("%v at %s", c.fault, c.phase))
 	}
+	// The operator gives up (the caller's context ends) during the pre-copy.
+	{
+		vm := vmNamed(t, l, "web-1")
+		from := vm.Host.Name
+		cctx, ccancel := context.WithCancel(ctx)
+		_, err := l.MigrateWith(cctx, "web-1", "esx2", lab.MigrateOptions{Transport: lab.TransportTCP, Progress: func(p lab.MigrationPhase) {
+			if p.Name == lab.PhaseVICToEmulated {
+				ccancel()
+			}
+		}})
+		ccancel()
+		if !errors.Is(err, lab.ErrRolledBack) {
+			t.Fatalf("cancelled migration: err = %v, want a rollback", err)
+		}
+		checkPlacement(t, l, vm, from)
+		waitReceiving(ctx, t, l, vm, "after the cancelled migration")
+	}
 	// And after all that, a migration that goes through.
 	if _, err := l.MigrateWith(ctx, "web-1", "esx2", lab.MigrateOptions{Transport: lab.TransportTCP}); err != nil {
 		t.Fatal(err)
