@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmfex/vmfex/manager"
+	"github.com/vmfex/vmfex/manager/store"
+)
+
+type managerOpts struct {
+	dataDir   string
+	listen    string
+	tokenFile string
+}
+
+func newManagerCmd() *cobra.Command {
+	var o managerOpts
+	cmd := &cobra.Command{
+		Use:   "manager",
+		Short: "Run the control-plane daemon: port profiles, hosts, FIs and VMs behind an HTTP JSON API",
+		Long: `manager keeps the fabric's configuration (Fabric Interconnects, hosts, port
+profiles, VMs and their vEth numbers) in DATA-DIR/manager.db, fsynced on
+every change, and serves it as an HTTP JSON API under /api/v1 (described at
+/api/v1/openapi.yaml).
+
+For now the API is plain HTTP and --listen must be a loopback address: the
+bearer token would otherwise cross the network in clear. Clients present the
+token from --token-file; without that flag the manager uses DATA-DIR/token,
+generating it (mode 0600) on first start, and prints where it is.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runManager(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database and the generated token (created if missing)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
+	cmd.MarkFlagRequired("data-dir")
+	return cmd
+}
+
+// checkLoopback refuses addresses other than loopback ones, because the API
+// is plain HTTP.
+func checkLoopback(listen string) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q is not HOST:PORT: %v", listen, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("--listen %s is not a loopback address; the manager serves plain HTTP for now, so use 127.0.0.1:PORT", listen)
+}
+
+// runManager serves until ctx is done. If ready is not nil it receives the
+// API's URL once the listener is up.
+func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready chan<- string) error {
+	if o.dataDir == "" {
+		return errors.New("--data-dir is required: the manager keeps its database there")
+	}
+	if err := checkLoopback(o.listen); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	token, tokenPath, created, err := manager.LoadOrCreateToken(o.dataDir, o.tokenFile)
+	if err != nil {
+		return err
+	}
+	st, err := store.OpenBolt(filepath.Join(o.dataDir, "manager.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	log := slog.New(slog.NewTextHandler(logOut, nil))
+	srv, err := manager.New(manager.Config{Store: st, Token: token, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another manager running?)", o.listen, err)
+	}
+	url := "http://" + ln.Addr().String()
+	verb := "is in"
+	if created {
+		verb = "generated into"
+	}
+	fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), data in %s\n", url, o.dataDir)
+	fmt.Fprintf(out, "vmfex manager: API token %s %s; clients: --server %s --token-file %s\n", verb, tokenPath, url, tokenPath)
+
+	// Handlers, watches included, see ctx: cancelling it ends the streams
+	// so that Shutdown does not wait on them.
+	hs := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	if ready != nil {
+		ready <- url
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	<-errc // http.ErrServerClosed
+	fmt.Fprintln(out, "vmfex manager: stopped")
+	return nil
+}

@@ -1,0 +1,148 @@
+// Package client is the Go client of the vmfex manager's HTTP API, used by
+// the CLI (and later by the host and FI agents). A Client is safe for
+// concurrent use and starts no goroutines.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Error is an error the manager returned: its HTTP status, what is wrong and
+// how to fix it.
+type Error struct {
+	Status  int    `json:"-"`
+	Message string `json:"error"`
+	Hint    string `json:"hint"`
+}
+
+func (e *Error) Error() string {
+	if e.Hint == "" {
+		return e.Message
+	}
+	return e.Message + "\n  hint: " + e.Hint
+}
+
+// Client talks to one manager.
+type Client struct {
+	base  string       // immutable; "http://host:port" without a trailing slash
+	token string       // immutable
+	hc    *http.Client // immutable
+}
+
+// New returns a client of the manager at server (e.g.
+// "http://127.0.0.1:8443") that authenticates with token.
+func New(server, token string) (*Client, error) {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("manager address %q is not an http(s) URL; give one like http://127.0.0.1:8443", server)
+	}
+	if token == "" {
+		return nil, errors.New("no API token; pass --token-file FILE or set VMFEX_TOKEN (vmfex manager prints where its token file is)")
+	}
+	// No overall timeout: watches stream; callers bound requests with ctx.
+	hc := &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		ResponseHeaderTimeout: 30 * time.Second,
+	}}
+	return &Client{base: strings.TrimSuffix(u.String(), "/"), token: token, hc: hc}, nil
+}
+
+// do sends a request with body in (if not nil) and decodes the response
+// into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the manager at %s: %w\n  hint: is vmfex manager running? set --server or VMFEX_SERVER", c.base, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read response of %s %s: %w", method, path, err)
+	}
+	if res.StatusCode >= 300 {
+		e := &Error{Status: res.StatusCode}
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Message = fmt.Sprintf("%s %s: HTTP %d: %s", method, path, res.StatusCode, bytes.TrimSpace(b))
+		}
+		return e
+	}
+	if out == nil || res.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("manager sent an unexpected response to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func objPath(kind, name string) string {
+	return "/api/v1/" + url.PathEscape(kind) + "/" + url.PathEscape(name)
+}
+
+// Create creates an object of kind (e.g. "vms") from in and decodes the
+// stored object, with its defaults and revision, into out.
+func (c *Client) Create(ctx context.Context, kind string, in, out any) error {
+	return c.do(ctx, "POST", "/api/v1/"+url.PathEscape(kind), in, out)
+}
+
+// Get decodes the named object into out.
+func (c *Client) Get(ctx context.Context, kind, name string, out any) error {
+	return c.do(ctx, "GET", objPath(kind, name), nil, out)
+}
+
+// List decodes the objects of kind into out, a pointer to a slice, and
+// returns the revision they were read at.
+func (c *Client) List(ctx context.Context, kind string, out any) (int64, error) {
+	var res struct {
+		Items    json.RawMessage `json:"items"`
+		Revision int64           `json:"revision"`
+	}
+	if err := c.do(ctx, "GET", "/api/v1/"+url.PathEscape(kind), nil, &res); err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(res.Items, out); err != nil {
+		return 0, fmt.Errorf("manager sent an unexpected list of %s: %w", kind, err)
+	}
+	return res.Revision, nil
+}
+
+// Update replaces the named object with in; a non-zero revision in in must
+// match the stored one.
+func (c *Client) Update(ctx context.Context, kind, name string, in, out any) error {
+	return c.do(ctx, "PUT", objPath(kind, name), in, out)
+}
+
+// Delete deletes the named object; rev 0 means whatever its revision.
+func (c *Client) Delete(ctx context.Context, kind, name string, rev int64) error {
+	p := objPath(kind, name)
+	if rev != 0 {
+		p += "?revision=" + strconv.FormatInt(rev, 10)
+	}
+	return c.do(ctx, "DELETE", p, nil, nil)
+}
