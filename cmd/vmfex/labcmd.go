@@ -1,0 +1,638 @@
+package main
+
+// `vmfex lab up` runs a whole fabric from a topology file in this process
+// and serves a small HTTP JSON API to act on it live: switch a vNIC between
+// the direct (VM-FEX) path and the emulated one, and vMotion a VM between
+// hosts. The API follows the manager's conventions (/api/v1, bearer token,
+// JSON errors with a hint) so that the same client and CLI flags work.
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmfex/vmfex/guest"
+	"github.com/vmfex/vmfex/hypervisor"
+	"github.com/vmfex/vmfex/lab"
+	"github.com/vmfex/vmfex/manager"
+)
+
+// defaultLabListen is where `vmfex lab up` serves by default: next to the
+// manager's 8443 so that both can run at once.
+const defaultLabListen = "127.0.0.1:8444"
+
+// defaultLabTokenDir is where `vmfex lab up` keeps its generated token, and
+// where the lab commands look for it when no token is given.
+func defaultLabTokenDir() string { return filepath.Join(os.TempDir(), "vmfex-lab") }
+
+type labOpts struct {
+	topology  string
+	listen    string
+	tokenFile string
+	tokenDir  string // where the token is generated if tokenFile is empty
+	traffic   bool
+}
+
+func newLabCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a fabric from a topology file and act on it live (vnic mode, vmotion)",
+	}
+	var o labOpts
+	up := &cobra.Command{
+		Use:   "up TOPOLOGY.yaml",
+		Short: "Build and start the fabric of TOPOLOGY.yaml in this process and serve its API until Ctrl-C",
+		Long: `lab up builds the fabric TOPOLOGY.yaml describes (see examples/demo.yaml):
+the Fabric Interconnect, hosts with their VIC adapters, port profiles and VMs
+with dynamic vNICs, all in this process. With --traffic every VM sends probe
+traffic to every other VM in its VLAN, counted exactly once.
+
+It serves an HTTP JSON API on a loopback address (bearer token; the token is
+generated into ` + filepath.Join(defaultLabTokenDir(), manager.TokenFileName) + ` unless --token-file is
+given) for these commands:
+
+  vmfex vnic mode VM direct|emulated   switch a vNIC's path, live
+  vmfex vmotion VM --to HOST           migrate a VM, live, phase by phase
+  vmfex show migration [ID]            migrations and their timelines
+
+There is no "lab down" yet: stop the lab with Ctrl-C (or SIGTERM). It then
+stops the traffic, lets the fabric drain and prints the exactly-once
+summary: frames sent, received, lost and duplicated. It exits non-zero if a
+frame was lost or duplicated.`,
+		Example: "  vmfex lab up examples/demo.yaml --traffic\n  vmfex vmotion web-1 --to esx2",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.topology = args[0]
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runLab(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
+		},
+	}
+	f := up.Flags()
+	f.StringVar(&o.listen, "listen", defaultLabListen, "loopback address and port to serve the lab API on")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: "+
+		filepath.Join(defaultLabTokenDir(), manager.TokenFileName)+", generated if missing)")
+	f.BoolVar(&o.traffic, "traffic", false, "start the probe traffic between the VMs of each VLAN")
+	cmd.AddCommand(up)
+	return cmd
+}
+
+// runLab runs the lab until ctx is done, then stops it and reports.
+func runLab(ctx context.Context, out, logOut io.Writer, o labOpts) error {
+	if o.tokenDir == "" {
+		o.tokenDir = defaultLabTokenDir()
+	}
+	r, err := startLab(o, logOut)
+	if err != nil {
+		return err
+	}
+	traffic := "off (--traffic starts it)"
+	if o.traffic {
+		traffic = "on"
+	}
+	fmt.Fprintf(out, "vmfex lab: %s up from %s: %d hosts, %d VMs, traffic %s\n",
+		r.fi, o.topology, len(r.lab.Hosts()), len(r.lab.VMs()), traffic)
+	verb := "is in"
+	if r.tokenCreated {
+		verb = "generated into"
+	}
+	fmt.Fprintf(out, "vmfex lab: serving %s (plain HTTP, loopback only); API token %s %s\n", r.url, verb, r.tokenPath)
+	fmt.Fprintf(out, "vmfex lab: try: vmfex vmotion %s --to HOST --server %s --token-file %s\n", firstVM(r.lab), r.url, r.tokenPath)
+	fmt.Fprintln(out, "vmfex lab: stop with Ctrl-C")
+	select {
+	case <-ctx.Done():
+	case err := <-r.serveErr:
+		fmt.Fprintf(out, "vmfex lab: API server failed: %v; stopping\n", err)
+	}
+	fmt.Fprintln(out, "vmfex lab: stopping")
+	sum, err := r.stop()
+	printLabSummary(out, sum, o.traffic)
+	return err
+}
+
+func firstVM(l *lab.Lab) string {
+	if vms := l.VMs(); len(vms) > 0 {
+		return vms[0].Name()
+	}
+	return "VM"
+}
+
+// labRun is a started lab and its API server.
+type labRun struct {
+	lab          *lab.Lab
+	fi           string
+	api          *labAPI
+	url          string
+	tokenPath    string
+	tokenCreated bool
+	traffic      bool
+	hs           *http.Server
+	serveErr     chan error
+}
+
+// startLab builds and starts the lab of o.topology and serves its API on
+// o.listen. The caller must call stop.
+func startLab(o labOpts, logOut io.Writer) (*labRun, error) {
+	if err := checkLoopback(o.listen); err != nil {
+		return nil, err
+	}
+	topo, err := lab.LoadTopology(o.topology)
+	if err != nil {
+		return nil, err
+	}
+	if o.tokenFile == "" {
+		if err := os.MkdirAll(o.tokenDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create the token directory: %w; pass --token-file FILE instead", err)
+		}
+	}
+	token, tokenPath, created, err := manager.LoadOrCreateToken(o.tokenDir, o.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	topo.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	l, err := lab.Build(topo)
+	if err != nil {
+		return nil, fmt.Errorf("build the fabric of %s: %w", o.topology, err)
+	}
+	if err := l.Start(); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("start the fabric: %w", err)
+	}
+	if o.traffic {
+		l.StartTraffic()
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w (is another lab running? pick another port with --listen)", o.listen, err)
+	}
+	api := newLabAPI(l, token)
+	r := &labRun{
+		lab: l, fi: topo.FI, api: api, url: "http://" + ln.Addr().String(), tokenPath: tokenPath,
+		tokenCreated: created, traffic: o.traffic, serveErr: make(chan error, 1),
+		hs: &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second},
+	}
+	go func() { r.serveErr <- r.hs.Serve(ln) }()
+	return r, nil
+}
+
+// stop ends the API, lets a running migration finish, stops the traffic,
+// drains the fabric and closes it. It returns the exactly-once accounting
+// and an error if a frame was lost or duplicated.
+func (r *labRun) stop() (guest.Summary, error) {
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = r.hs.Shutdown(sctx) // stuck clients only; the lab stops regardless
+	cancel()
+	r.api.close(30 * time.Second)
+	var drainErr error
+	if r.traffic {
+		r.lab.StopTraffic()
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		drainErr = r.lab.Drain(dctx, 3*time.Second)
+		cancel()
+	}
+	sum := guest.Reconcile(r.lab.Stats())
+	errs := []error{r.lab.Close()}
+	if r.traffic {
+		if sum.Lost != 0 {
+			errs = append(errs, fmt.Errorf("%d frames lost (drain: %v)", sum.Lost, drainErr))
+		}
+		if sum.Duplicated != 0 || sum.Misdelivered != 0 {
+			errs = append(errs, fmt.Errorf("invariant broken: %d duplicated, %d misdelivered", sum.Duplicated, sum.Misdelivered))
+		}
+	}
+	return sum, errors.Join(errs...)
+}
+
+func printLabSummary(w io.Writer, s guest.Summary, traffic bool) {
+	if !traffic {
+		fmt.Fprintln(w, "vmfex lab: stopped (no traffic ran)")
+		return
+	}
+	fmt.Fprintf(w, "vmfex lab: exactly-once summary: sent %d, received %d unique, lost %d, duplicated %d, misdelivered %d, reordered %d\n",
+		s.Sent, s.Unique, s.Lost, s.Duplicated, s.Misdelivered, s.Reordered)
+}
+
+// API objects, shared by the server and the CLI.
+
+// labVM is one VM as GET /api/v1/vms reports it.
+type labVM struct {
+	Name      string `json:"name"`
+	Host      string `json:"host"`
+	VEth      uint32 `json:"veth"`
+	Interface string `json:"interface"`
+	Vif       uint16 `json:"vif"`
+	VLAN      uint16 `json:"vlan"`
+	Mode      string `json:"mode"` // direct | emulated
+	Sent      uint64 `json:"sent"`
+	Received  uint64 `json:"received_unique"`
+	// Lost is what its peers sent it and it has not received yet: with
+	// traffic running it includes frames in flight.
+	Lost int64 `json:"lost"`
+}
+
+type modeRequest struct {
+	Mode string `json:"mode"`
+}
+
+// modeResult is the answer to a mode switch: the guest pause, phase by
+// phase, in µs.
+type modeResult struct {
+	VM        string `json:"vm"`
+	Previous  string `json:"previous"`
+	Mode      string `json:"mode"`
+	PauseUs   int64  `json:"pause_us"`
+	FreezeUs  int64  `json:"freeze_us"`
+	HandoffUs int64  `json:"handoff_us"`
+	ResumeUs  int64  `json:"resume_us"`
+}
+
+type migrationRequest struct {
+	VM        string `json:"vm"`
+	To        string `json:"to"`
+	Transport string `json:"transport,omitempty"` // tcp (default) | pipe
+}
+
+// Migration job states.
+const (
+	jobRunning    = "running"
+	jobCompleted  = "completed"
+	jobRolledBack = "rolled-back"
+	jobFailed     = "failed"
+)
+
+// migrationJob is one migration as the API reports it.
+type migrationJob struct {
+	ID               int                  `json:"id"`
+	State            string               `json:"state"`
+	VM               string               `json:"vm"`
+	From             string               `json:"from"`
+	To               string               `json:"to"`
+	Transport        string               `json:"transport"`
+	StartedAt        time.Time            `json:"started_at"`
+	Phases           []lab.MigrationPhase `json:"phases"` // those done so far
+	TotalMs          float64              `json:"total_ms"`
+	DowntimeMs       float64              `json:"downtime_ms"`
+	PrecopyRounds    int                  `json:"precopy_rounds"`
+	BytesTransferred uint64               `json:"bytes_transferred"`
+	Error            string               `json:"error,omitempty"`
+}
+
+// labAPI serves the lab API.
+type labAPI struct {
+	lab       *lab.Lab
+	tokenHash [32]byte       // sha256 of the token; immutable
+	mux       *http.ServeMux // immutable after newLabAPI
+	// ctx outlives requests: a migration started by a POST goes on after
+	// the response; close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // background migrations
+
+	// mu guards the fields below. One operation at a time moves a vNIC:
+	// a mode switch and a migration of the same VM would fight over its
+	// device, so each refuses while the other runs.
+	mu        sync.Mutex
+	jobs      []*migrationJob // jobs[i].ID == i+1
+	migrating bool
+	switching map[string]bool // VMs with a mode switch in progress
+}
+
+func newLabAPI(l *lab.Lab, token string) *labAPI {
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &labAPI{lab: l, tokenHash: sha256.Sum256([]byte(token)), mux: http.NewServeMux(),
+		ctx: ctx, cancel: cancel, switching: map[string]bool{}}
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		labWriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	a.handle("GET /api/v1/vms", a.listVMs)
+	a.handle("GET /api/v1/vms/{name}", a.getVM)
+	a.handle("POST /api/v1/vms/{name}/mode", a.switchMode)
+	a.handle("GET /api/v1/migrations", a.listMigrations)
+	a.handle("POST /api/v1/migrations", a.startMigration)
+	a.handle("GET /api/v1/migrations/{id}", a.getMigration)
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		labError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path),
+			"the lab API has GET /api/v1/vms, POST /api/v1/vms/{name}/mode, GET and POST /api/v1/migrations, GET /api/v1/migrations/{id}")
+	})
+	return a
+}
+
+func (a *labAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// handle registers h behind the bearer token check. Comparing fixed-size
+// hashes in constant time leaks neither the token's bytes nor its length.
+func (a *labAPI) handle(pattern string, h http.HandlerFunc) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex-lab"`)
+			labError(w, http.StatusUnauthorized, "missing bearer token",
+				`send "Authorization: Bearer <token>"; the token is in the file vmfex lab up printed at start (pass it with --token-file or VMFEX_TOKEN)`)
+			return
+		}
+		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+		if subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex-lab", error="invalid_token"`)
+			labError(w, http.StatusUnauthorized, "invalid bearer token", "use the token from the file vmfex lab up printed at start")
+			return
+		}
+		h(w, r)
+	})
+}
+
+// close waits up to grace for a running migration to end, then cancels
+// what still runs (a migration cancelled before its commit point rolls
+// back) and waits for it.
+func (a *labAPI) close(grace time.Duration) {
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+	}
+	a.cancel()
+	<-done
+}
+
+func labWriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) // the client went away if this fails; nothing to do
+}
+
+func labError(w http.ResponseWriter, status int, msg, hint string) {
+	labWriteJSON(w, status, &manager.Error{Status: status, Message: msg, Hint: hint})
+}
+
+// labDecode reads one JSON object into v, refusing unknown fields and
+// trailing data so that a typo never passes silently.
+func labDecode(w http.ResponseWriter, r *http.Request, v any, example string) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, err2 := dec.Token(); err2 != io.EOF {
+			err = errors.New("data after the JSON object")
+		}
+	}
+	if err != nil {
+		labError(w, http.StatusBadRequest, "request body is not valid: "+err.Error(), "send one JSON object like "+example)
+		return false
+	}
+	return true
+}
+
+func (a *labAPI) vms() []labVM {
+	stats := a.lab.Stats()
+	sum := guest.Reconcile(stats)
+	lostTo := map[uint32]int64{}
+	for _, p := range sum.Pairs {
+		lostTo[p.Dst] += p.Lost
+	}
+	var out []labVM
+	for _, v := range a.lab.Views() {
+		st := stats[v.ID]
+		out = append(out, labVM{Name: v.Name, Host: v.Host, VEth: v.VEth, Interface: "Veth" + strconv.FormatUint(uint64(v.VEth), 10),
+			Vif: v.Vif, VLAN: v.VLAN, Mode: v.Mode.String(), Sent: st.Sent.Frames, Received: st.Received.Unique, Lost: lostTo[v.ID]})
+	}
+	return out
+}
+
+func (a *labAPI) listVMs(w http.ResponseWriter, _ *http.Request) {
+	labWriteJSON(w, http.StatusOK, map[string]any{"items": a.vms()})
+}
+
+func (a *labAPI) notFoundVM(w http.ResponseWriter, name string) {
+	labError(w, http.StatusNotFound, fmt.Sprintf("VM %q not found", name),
+		fmt.Sprintf("this lab's VMs are %s (GET /api/v1/vms)", strings.Join(a.lab.SortedVMs(), ", ")))
+}
+
+func (a *labAPI) getVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	for _, v := range a.vms() {
+		if v.Name == name {
+			labWriteJSON(w, http.StatusOK, v)
+			return
+		}
+	}
+	a.notFoundVM(w, name)
+}
+
+func parseMode(s string) (hypervisor.Mode, bool) {
+	switch s {
+	case "direct":
+		return hypervisor.ModeDirect, true
+	case "emulated":
+		return hypervisor.ModeEmulated, true
+	}
+	return 0, false
+}
+
+func (a *labAPI) switchMode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req modeRequest
+	if !labDecode(w, r, &req, `{"mode":"emulated"}`) {
+		return
+	}
+	to, ok := parseMode(req.Mode)
+	if !ok {
+		labError(w, http.StatusBadRequest, fmt.Sprintf("mode %q is not a vNIC mode", req.Mode), `send "direct" (VM-FEX, on the adapter) or "emulated" (the hypervisor's VMXNET3)`)
+		return
+	}
+	hv, ok := a.lab.Hypervisor(name)
+	if !ok {
+		a.notFoundVM(w, name)
+		return
+	}
+	a.mu.Lock()
+	switch {
+	case a.migrating:
+		a.mu.Unlock()
+		labError(w, http.StatusConflict, "a migration is running", "wait until it ends (vmfex show migration), then switch the mode")
+		return
+	case a.switching[name]:
+		a.mu.Unlock()
+		labError(w, http.StatusConflict, fmt.Sprintf("VM %s is already switching modes", name), "wait for that switch to end and retry")
+		return
+	}
+	a.switching[name] = true
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.switching, name)
+		a.mu.Unlock()
+	}()
+	// A migration may have replaced the hypervisor VM between the lookup
+	// and the switching flag; look again now that none can start.
+	if hv, ok = a.lab.Hypervisor(name); !ok {
+		a.notFoundVM(w, name)
+		return
+	}
+	from := hv.Mode()
+	if from == to {
+		labError(w, http.StatusConflict, fmt.Sprintf("VM %s is already in %s mode", name, to),
+			fmt.Sprintf("nothing to do; to switch back send {\"mode\":%q}", otherMode(to)))
+		return
+	}
+	// Not the request's context: a client that goes away must not cut a
+	// switch in the middle.
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	t, err := hv.SwitchMode(ctx, to)
+	if err != nil {
+		labError(w, http.StatusInternalServerError, fmt.Sprintf("switch %s to %s: %v", name, to, err),
+			"the VM stays in mode "+hv.Mode().String()+"; check the lab's log and retry")
+		return
+	}
+	labWriteJSON(w, http.StatusOK, modeResult{VM: name, Previous: from.String(), Mode: hv.Mode().String(),
+		PauseUs: t.Total.Microseconds(), FreezeUs: t.Freeze.Microseconds(), HandoffUs: t.Handoff.Microseconds(), ResumeUs: t.Resume.Microseconds()})
+}
+
+func otherMode(m hypervisor.Mode) string {
+	if m == hypervisor.ModeDirect {
+		return "emulated"
+	}
+	return "direct"
+}
+
+// snapshot copies a job under a.mu, so that the encoder never reads a
+// phase list the migration is appending to.
+func (a *labAPI) snapshot(j *migrationJob) migrationJob {
+	c := *j
+	c.Phases = slices.Clone(j.Phases)
+	if c.Phases == nil {
+		c.Phases = []lab.MigrationPhase{}
+	}
+	return c
+}
+
+func (a *labAPI) listMigrations(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	items := make([]migrationJob, 0, len(a.jobs))
+	for _, j := range a.jobs {
+		items = append(items, a.snapshot(j))
+	}
+	a.mu.Unlock()
+	labWriteJSON(w, http.StatusOK, map[string]any{"items": items})
+}
+
+func (a *labAPI) getMigration(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.Atoi(r.PathValue("id"))
+	a.mu.Lock()
+	if err != nil || id < 1 || id > len(a.jobs) {
+		n := len(a.jobs)
+		a.mu.Unlock()
+		labError(w, http.StatusNotFound, fmt.Sprintf("migration %q not found", r.PathValue("id")),
+			fmt.Sprintf("migrations are numbered 1..%d; list them with GET /api/v1/migrations", n))
+		return
+	}
+	j := a.snapshot(a.jobs[id-1])
+	a.mu.Unlock()
+	labWriteJSON(w, http.StatusOK, j)
+}
+
+func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
+	var req migrationRequest
+	if !labDecode(w, r, &req, `{"vm":"web-1","to":"esx2","transport":"tcp"}`) {
+		return
+	}
+	tr := lab.Transport(req.Transport)
+	switch tr {
+	case "":
+		tr = lab.TransportTCP
+	case lab.TransportTCP, lab.TransportPipe:
+	default:
+		labError(w, http.StatusBadRequest, fmt.Sprintf("transport %q is not a migration transport", req.Transport),
+			`use "tcp" (a loopback connection) or "pipe" (in process)`)
+		return
+	}
+	v, ok := a.lab.View(req.VM)
+	if !ok {
+		a.notFoundVM(w, req.VM)
+		return
+	}
+	var hosts []string
+	for _, h := range a.lab.Hosts() {
+		hosts = append(hosts, h.Name)
+	}
+	if !slices.Contains(hosts, req.To) {
+		labError(w, http.StatusNotFound, fmt.Sprintf("host %q not found", req.To), "this lab's hosts are "+strings.Join(hosts, ", "))
+		return
+	}
+	a.mu.Lock()
+	if a.migrating {
+		running := a.jobs[len(a.jobs)-1]
+		a.mu.Unlock()
+		labError(w, http.StatusConflict, fmt.Sprintf("migration %d (%s to %s) is still running", running.ID, running.VM, running.To),
+			"one migration at a time; wait until it ends (vmfex show migration) and retry")
+		return
+	}
+	if len(a.switching) != 0 {
+		a.mu.Unlock()
+		labError(w, http.StatusConflict, "a vNIC mode switch is in progress", "retry when it ends, in a few milliseconds")
+		return
+	}
+	// Read the host again under a.mu: no migration can move the VM now.
+	if v, _ = a.lab.View(req.VM); v.Host == req.To {
+		a.mu.Unlock()
+		labError(w, http.StatusConflict, fmt.Sprintf("VM %s already runs on %s", req.VM, req.To),
+			"choose another host: "+strings.Join(slices.DeleteFunc(hosts, func(h string) bool { return h == req.To }), ", "))
+		return
+	}
+	j := &migrationJob{ID: len(a.jobs) + 1, State: jobRunning, VM: req.VM, From: v.Host, To: req.To,
+		Transport: string(tr), StartedAt: time.Now().UTC()}
+	a.jobs = append(a.jobs, j)
+	a.migrating = true
+	res := a.snapshot(j)
+	a.wg.Add(1)
+	a.mu.Unlock()
+	go a.migrate(j, tr)
+	labWriteJSON(w, http.StatusAccepted, res)
+}
+
+// migrate runs job j to its end.
+func (a *labAPI) migrate(j *migrationJob, tr lab.Transport) {
+	defer a.wg.Done()
+	rep, err := a.lab.MigrateWith(a.ctx, j.VM, j.To, lab.MigrateOptions{Transport: tr,
+		Progress: func(p lab.MigrationPhase) {
+			a.mu.Lock()
+			j.Phases = append(j.Phases, p)
+			a.mu.Unlock()
+		}})
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.migrating = false
+	if len(rep.Phases) >= len(j.Phases) {
+		j.Phases = rep.Phases
+	}
+	j.TotalMs, j.DowntimeMs, j.PrecopyRounds, j.BytesTransferred = rep.TotalMs, rep.DowntimeMs, rep.PrecopyRounds, rep.BytesTransferred
+	switch {
+	case err == nil:
+		j.State = jobCompleted
+	case errors.Is(err, lab.ErrRolledBack):
+		j.State, j.Error = jobRolledBack, err.Error()
+	default:
+		j.State, j.Error = jobFailed, err.Error()
+	}
+}
