@@ -91,6 +91,7 @@ frame was lost or duplicated.`,
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: "+
 		filepath.Join(defaultLabTokenDir(), manager.TokenFileName)+", generated if missing)")
 	f.BoolVar(&o.traffic, "traffic", false, "start the probe traffic between the VMs of each VLAN")
+	f.Var(&labMetricsListen, "metrics-listen", metricsFlagUsage)
 	cmd.AddCommand(up)
 	return cmd
 }
@@ -104,6 +105,7 @@ func runLab(ctx context.Context, out, logOut io.Writer, o labOpts) error {
 	if err != nil {
 		return err
 	}
+	defer serveLabMetrics(out, r.lab)()
 	traffic := "off (--traffic starts it)"
 	if o.traffic {
 		traffic = "on"
@@ -635,4 +637,5 @@ func (a *labAPI) migrate(j *migrationJob, tr lab.Transport) {
 	default:
 		j.State, j.Error = jobFailed, err.Error()
 	}
+	labMigrations.Observe(rep, j.State)
 }

@@ -51,6 +51,7 @@ generating it (mode 0600) on first start, and prints where it is.`,
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database and the generated token (created if missing)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
+	f.Var(&managerMetricsListen, "metrics-listen", metricsFlagUsage)
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }
@@ -92,6 +93,7 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 		return err
 	}
 	defer st.Close()
+	defer serveManagerMetrics(out, st)()
 	log := slog.New(slog.NewTextHandler(logOut, nil))
 	srv, err := manager.New(manager.Config{Store: st, Token: token, Logger: log})
 	if err != nil {
