@@ -33,6 +33,7 @@ import (
 	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/lab"
 	"github.com/vmfex/vmfex/manager"
+	"github.com/vmfex/vmfex/metrics"
 )
 
 // defaultLabListen is where `vmfex lab up` serves by default: next to the
@@ -49,6 +50,7 @@ type labOpts struct {
 	tokenFile string
 	tokenDir  string // where the token is generated if tokenFile is empty
 	traffic   bool
+	metrics   metricsListen // --metrics-listen; empty: off
 }
 
 func newLabCmd() *cobra.Command {
@@ -91,7 +93,7 @@ frame was lost or duplicated.`,
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: "+
 		filepath.Join(defaultLabTokenDir(), manager.TokenFileName)+", generated if missing)")
 	f.BoolVar(&o.traffic, "traffic", false, "start the probe traffic between the VMs of each VLAN")
-	f.Var(&labMetricsListen, "metrics-listen", metricsFlagUsage)
+	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
 	cmd.AddCommand(up)
 	return cmd
 }
@@ -105,7 +107,7 @@ func runLab(ctx context.Context, out, logOut io.Writer, o labOpts) error {
 	if err != nil {
 		return err
 	}
-	defer serveLabMetrics(out, r.lab)()
+	defer serveLabMetrics(out, r.lab, r.api.migrations, string(o.metrics))()
 	traffic := "off (--traffic starts it)"
 	if o.traffic {
 		traffic = "on"
@@ -316,12 +318,14 @@ type labAPI struct {
 	jobs      []*migrationJob // jobs[i].ID == i+1
 	migrating bool
 	switching map[string]bool // VMs with a mode switch in progress
+
+	migrations *metrics.MigrationObserver // what the finished jobs did, for /metrics
 }
 
 func newLabAPI(l *lab.Lab, token string) *labAPI {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &labAPI{lab: l, tokenHash: sha256.Sum256([]byte(token)), mux: http.NewServeMux(),
-		ctx: ctx, cancel: cancel, switching: map[string]bool{}}
+		ctx: ctx, cancel: cancel, switching: map[string]bool{}, migrations: metrics.NewMigrationObserver()}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		labWriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -637,5 +641,5 @@ func (a *labAPI) migrate(j *migrationJob, tr lab.Transport) {
 	default:
 		j.State, j.Error = jobFailed, err.Error()
 	}
-	labMigrations.Observe(rep, j.State)
+	a.migrations.Observe(rep, j.State)
 }

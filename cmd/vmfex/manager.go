@@ -24,6 +24,7 @@ type managerOpts struct {
 	dataDir   string
 	listen    string
 	tokenFile string
+	metrics   metricsListen // --metrics-listen; empty: off
 }
 
 func newManagerCmd() *cobra.Command {
@@ -51,7 +52,7 @@ generating it (mode 0600) on first start, and prints where it is.`,
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database and the generated token (created if missing)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
-	f.Var(&managerMetricsListen, "metrics-listen", metricsFlagUsage)
+	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }
@@ -93,7 +94,7 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 		return err
 	}
 	defer st.Close()
-	defer serveManagerMetrics(out, st)()
+	defer serveManagerMetrics(out, st, string(o.metrics))()
 	log := slog.New(slog.NewTextHandler(logOut, nil))
 	srv, err := manager.New(manager.Config{Store: st, Token: token, Logger: log})
 	if err != nil {

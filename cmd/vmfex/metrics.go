@@ -34,31 +34,22 @@ func (m *metricsListen) Set(s string) error {
 	return nil
 }
 
-// The --metrics-listen values of `vmfex lab up` and `vmfex manager`, and the
-// lab's migration observer. They are package variables so that each command
-// gains its metrics through one flag line and one call.
-var (
-	labMetricsListen     metricsListen
-	managerMetricsListen metricsListen
-	labMigrations        = metrics.NewMigrationObserver()
-)
-
 const metricsFlagUsage = "loopback address and port to serve Prometheus metrics on, at /metrics (default: off)"
 
-// serveLabMetrics serves l's metrics and the lab's migrations on
-// --metrics-listen, if given. Call the returned function to stop serving.
-func serveLabMetrics(out io.Writer, l *lab.Lab) (stop func()) {
+// serveLabMetrics serves l's metrics and the lab's migrations on addr
+// (--metrics-listen), if given. Call the returned function to stop serving.
+func serveLabMetrics(out io.Writer, l *lab.Lab, migrations *metrics.MigrationObserver, addr string) (stop func()) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewLabCollector(l), labMigrations)
-	return serveMetrics(out, "lab", string(labMetricsListen), reg)
+	reg.MustRegister(metrics.NewLabCollector(l), migrations)
+	return serveMetrics(out, "lab", addr, reg)
 }
 
-// serveManagerMetrics serves st's object counts and revision on
-// --metrics-listen, if given. Call the returned function to stop serving.
-func serveManagerMetrics(out io.Writer, st store.Store) (stop func()) {
+// serveManagerMetrics serves st's object counts and revision on addr
+// (--metrics-listen), if given. Call the returned function to stop serving.
+func serveManagerMetrics(out io.Writer, st store.Store, addr string) (stop func()) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.NewManagerCollector(st, manager.Kinds))
-	return serveMetrics(out, "manager", string(managerMetricsListen), reg)
+	return serveMetrics(out, "manager", addr, reg)
 }
 
 // serveMetrics serves reg at http://addr/metrics until stop is called; an
