@@ -36,7 +36,7 @@ func startDemoLab(t *testing.T) *lab.Lab {
 		t.Fatal(err)
 	}
 	l.StartTraffic()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		flowing := true
 		for _, v := range l.FI.VEths() {
@@ -211,9 +211,9 @@ func TestLabCollectorScrape(t *testing.T) {
 	}
 
 	l.StopTraffic()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := l.Drain(ctx, 2*time.Second); err != nil {
+	if err := l.Drain(ctx, 5*time.Second); err != nil {
 		t.Fatalf("drain: %v", err)
 	}
 	// Drained: nothing is in flight, so every stream's lost gauge is 0.
