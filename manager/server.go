@@ -45,12 +45,12 @@ type Route struct {
 
 // Server serves the manager API. Create it with New.
 type Server struct {
-	store     store.Store // immutable
-	tokenHash [32]byte    // sha256 of the token; immutable
-	log       *slog.Logger
-	mux       *http.ServeMux // immutable after New
-	kinds     []*kindSpec    // immutable after New
-	routes    []Route        // immutable after New
+	store  store.Store // immutable
+	auth   *BearerAuth // immutable
+	log    *slog.Logger
+	mux    *http.ServeMux // immutable after New
+	kinds  []*kindSpec    // immutable after New
+	routes []Route        // immutable after New
 
 	// mu serializes mutations: the checks across objects and the writes
 	// they allow must not interleave with another mutation's.
@@ -100,10 +100,10 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		store:     cfg.Store,
-		tokenHash: sha256.Sum256([]byte(cfg.Token)),
-		log:       log.With("component", "manager"),
-		mux:       http.NewServeMux(),
+		store: cfg.Store,
+		auth:  NewBearerAuth(cfg.Token, "vmfex", "vmfex manager"),
+		log:   log.With("component", "manager"),
+		mux:   http.NewServeMux(),
 	}
 	s.handle("GET", "/healthz", true, s.handleHealthz)
 	s.handle("GET", "/api/v1/openapi.yaml", true, s.handleOpenAPI)
@@ -134,32 +134,54 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 func (s *Server) handle(method, path string, public bool, h http.HandlerFunc) {
 	s.routes = append(s.routes, Route{Method: method, Path: path, Public: public})
 	if !public {
-		h = s.authenticated(h)
+		h = s.auth.Wrap(h)
 	}
 	s.mux.HandleFunc(method+" "+path, h)
 }
 
-// authenticated checks the bearer token. Comparing fixed-size hashes in
-// constant time leaks neither the token's bytes nor its length.
-func (s *Server) authenticated(h http.HandlerFunc) http.HandlerFunc {
+// BearerAuth checks requests for one bearer token; the manager and the
+// lab's API share it.
+type BearerAuth struct {
+	hash  [32]byte // sha256 of the token
+	realm string   // WWW-Authenticate realm
+	who   string   // the command that printed the token file, for hints
+}
+
+// NewBearerAuth returns the check for token; realm names the service in
+// WWW-Authenticate, who the command whose start-up output names the token
+// file.
+func NewBearerAuth(token, realm, who string) *BearerAuth {
+	return &BearerAuth{hash: sha256.Sum256([]byte(token)), realm: realm, who: who}
+}
+
+// Wrap runs h only for a request with the token. Comparing fixed-size
+// hashes in constant time leaks neither the token's bytes nor its length.
+func (a *BearerAuth) Wrap(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex"`)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+a.realm+`"`)
 			writeError(w, apiError(http.StatusUnauthorized, "missing bearer token",
-				`send "Authorization: Bearer <token>"; the token is in the file vmfex manager printed at start (pass it with --token-file or VMFEX_TOKEN)`))
+				`send "Authorization: Bearer <token>"; the token is in the file `+a.who+` printed at start (pass it with --token-file or VMFEX_TOKEN)`))
 			return
 		}
 		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex", error="invalid_token"`)
+		if subtle.ConstantTimeCompare(got[:], a.hash[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+a.realm+`", error="invalid_token"`)
 			writeError(w, apiError(http.StatusUnauthorized, "invalid bearer token",
-				"use the token from the file vmfex manager printed at start"))
+				"use the token from the file "+a.who+" printed at start"))
 			return
 		}
 		h(w, r)
 	}
+}
+
+// WriteJSON writes v as the indented JSON body of a response with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
+
+// WriteError writes an API error: {"error": msg, "hint": hint}.
+func WriteError(w http.ResponseWriter, status int, msg, hint string) {
+	writeError(w, apiError(status, msg, hint))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

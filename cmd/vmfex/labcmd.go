@@ -8,8 +8,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -302,9 +300,9 @@ type migrationJob struct {
 
 // labAPI serves the lab API.
 type labAPI struct {
-	lab       *lab.Lab
-	tokenHash [32]byte       // sha256 of the token; immutable
-	mux       *http.ServeMux // immutable after newLabAPI
+	lab  *lab.Lab
+	auth *manager.BearerAuth // immutable
+	mux  *http.ServeMux      // immutable after newLabAPI
 	// ctx outlives requests: a migration started by a POST goes on after
 	// the response; close cancels it.
 	ctx    context.Context
@@ -324,10 +322,10 @@ type labAPI struct {
 
 func newLabAPI(l *lab.Lab, token string) *labAPI {
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &labAPI{lab: l, tokenHash: sha256.Sum256([]byte(token)), mux: http.NewServeMux(),
+	a := &labAPI{lab: l, auth: manager.NewBearerAuth(token, "vmfex-lab", "vmfex lab up"), mux: http.NewServeMux(),
 		ctx: ctx, cancel: cancel, switching: map[string]bool{}, migrations: metrics.NewMigrationObserver()}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		labWriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		manager.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	a.handle("GET /api/v1/vms", a.listVMs)
 	a.handle("GET /api/v1/vms/{name}", a.getVM)
@@ -336,7 +334,7 @@ func newLabAPI(l *lab.Lab, token string) *labAPI {
 	a.handle("POST /api/v1/migrations", a.startMigration)
 	a.handle("GET /api/v1/migrations/{id}", a.getMigration)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		labError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path),
+		manager.WriteError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path),
 			"the lab API has GET /api/v1/vms, POST /api/v1/vms/{name}/mode, GET and POST /api/v1/migrations, GET /api/v1/migrations/{id}")
 	})
 	return a
@@ -344,25 +342,9 @@ func newLabAPI(l *lab.Lab, token string) *labAPI {
 
 func (a *labAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
-// handle registers h behind the bearer token check. Comparing fixed-size
-// hashes in constant time leaks neither the token's bytes nor its length.
+// handle registers h behind the bearer token check.
 func (a *labAPI) handle(pattern string, h http.HandlerFunc) {
-	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex-lab"`)
-			labError(w, http.StatusUnauthorized, "missing bearer token",
-				`send "Authorization: Bearer <token>"; the token is in the file vmfex lab up printed at start (pass it with --token-file or VMFEX_TOKEN)`)
-			return
-		}
-		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		if subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="vmfex-lab", error="invalid_token"`)
-			labError(w, http.StatusUnauthorized, "invalid bearer token", "use the token from the file vmfex lab up printed at start")
-			return
-		}
-		h(w, r)
-	})
+	a.mux.HandleFunc(pattern, a.auth.Wrap(h))
 }
 
 // close waits up to grace for a running migration to end, then cancels
@@ -379,18 +361,6 @@ func (a *labAPI) close(grace time.Duration) {
 	<-done
 }
 
-func labWriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v) // the client went away if this fails; nothing to do
-}
-
-func labError(w http.ResponseWriter, status int, msg, hint string) {
-	labWriteJSON(w, status, &manager.Error{Status: status, Message: msg, Hint: hint})
-}
-
 // labDecode reads one JSON object into v, refusing unknown fields and
 // trailing data so that a typo never passes silently.
 func labDecode(w http.ResponseWriter, r *http.Request, v any, example string) bool {
@@ -403,7 +373,7 @@ func labDecode(w http.ResponseWriter, r *http.Request, v any, example string) bo
 		}
 	}
 	if err != nil {
-		labError(w, http.StatusBadRequest, "request body is not valid: "+err.Error(), "send one JSON object like "+example)
+		manager.WriteError(w, http.StatusBadRequest, "request body is not valid: "+err.Error(), "send one JSON object like "+example)
 		return false
 	}
 	return true
@@ -426,11 +396,11 @@ func (a *labAPI) vms() []labVM {
 }
 
 func (a *labAPI) listVMs(w http.ResponseWriter, _ *http.Request) {
-	labWriteJSON(w, http.StatusOK, map[string]any{"items": a.vms()})
+	manager.WriteJSON(w, http.StatusOK, map[string]any{"items": a.vms()})
 }
 
 func (a *labAPI) notFoundVM(w http.ResponseWriter, name string) {
-	labError(w, http.StatusNotFound, fmt.Sprintf("VM %q not found", name),
+	manager.WriteError(w, http.StatusNotFound, fmt.Sprintf("VM %q not found", name),
 		fmt.Sprintf("this lab's VMs are %s (GET /api/v1/vms)", strings.Join(a.lab.SortedVMs(), ", ")))
 }
 
@@ -438,7 +408,7 @@ func (a *labAPI) getVM(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	for _, v := range a.vms() {
 		if v.Name == name {
-			labWriteJSON(w, http.StatusOK, v)
+			manager.WriteJSON(w, http.StatusOK, v)
 			return
 		}
 	}
@@ -463,7 +433,7 @@ func (a *labAPI) switchMode(w http.ResponseWriter, r *http.Request) {
 	}
 	to, ok := parseMode(req.Mode)
 	if !ok {
-		labError(w, http.StatusBadRequest, fmt.Sprintf("mode %q is not a vNIC mode", req.Mode), `send "direct" (VM-FEX, on the adapter) or "emulated" (the hypervisor's VMXNET3)`)
+		manager.WriteError(w, http.StatusBadRequest, fmt.Sprintf("mode %q is not a vNIC mode", req.Mode), `send "direct" (VM-FEX, on the adapter) or "emulated" (the hypervisor's VMXNET3)`)
 		return
 	}
 	hv, ok := a.lab.Hypervisor(name)
@@ -475,11 +445,11 @@ func (a *labAPI) switchMode(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case a.migrating:
 		a.mu.Unlock()
-		labError(w, http.StatusConflict, "a migration is running", "wait until it ends (vmfex show migration), then switch the mode")
+		manager.WriteError(w, http.StatusConflict, "a migration is running", "wait until it ends (vmfex show migration), then switch the mode")
 		return
 	case a.switching[name]:
 		a.mu.Unlock()
-		labError(w, http.StatusConflict, fmt.Sprintf("VM %s is already switching modes", name), "wait for that switch to end and retry")
+		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("VM %s is already switching modes", name), "wait for that switch to end and retry")
 		return
 	}
 	a.switching[name] = true
@@ -497,7 +467,7 @@ func (a *labAPI) switchMode(w http.ResponseWriter, r *http.Request) {
 	}
 	from := hv.Mode()
 	if from == to {
-		labError(w, http.StatusConflict, fmt.Sprintf("VM %s is already in %s mode", name, to),
+		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("VM %s is already in %s mode", name, to),
 			fmt.Sprintf("nothing to do; to switch back send {\"mode\":%q}", otherMode(to)))
 		return
 	}
@@ -507,11 +477,11 @@ func (a *labAPI) switchMode(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	t, err := hv.SwitchMode(ctx, to)
 	if err != nil {
-		labError(w, http.StatusInternalServerError, fmt.Sprintf("switch %s to %s: %v", name, to, err),
+		manager.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("switch %s to %s: %v", name, to, err),
 			"the VM stays in mode "+hv.Mode().String()+"; check the lab's log and retry")
 		return
 	}
-	labWriteJSON(w, http.StatusOK, modeResult{VM: name, Previous: from.String(), Mode: hv.Mode().String(),
+	manager.WriteJSON(w, http.StatusOK, modeResult{VM: name, Previous: from.String(), Mode: hv.Mode().String(),
 		PauseUs: t.Total.Microseconds(), FreezeUs: t.Freeze.Microseconds(), HandoffUs: t.Handoff.Microseconds(), ResumeUs: t.Resume.Microseconds()})
 }
 
@@ -540,7 +510,7 @@ func (a *labAPI) listMigrations(w http.ResponseWriter, _ *http.Request) {
 		items = append(items, a.snapshot(j))
 	}
 	a.mu.Unlock()
-	labWriteJSON(w, http.StatusOK, map[string]any{"items": items})
+	manager.WriteJSON(w, http.StatusOK, map[string]any{"items": items})
 }
 
 func (a *labAPI) getMigration(w http.ResponseWriter, r *http.Request) {
@@ -549,13 +519,13 @@ func (a *labAPI) getMigration(w http.ResponseWriter, r *http.Request) {
 	if err != nil || id < 1 || id > len(a.jobs) {
 		n := len(a.jobs)
 		a.mu.Unlock()
-		labError(w, http.StatusNotFound, fmt.Sprintf("migration %q not found", r.PathValue("id")),
+		manager.WriteError(w, http.StatusNotFound, fmt.Sprintf("migration %q not found", r.PathValue("id")),
 			fmt.Sprintf("migrations are numbered 1..%d; list them with GET /api/v1/migrations", n))
 		return
 	}
 	j := a.snapshot(a.jobs[id-1])
 	a.mu.Unlock()
-	labWriteJSON(w, http.StatusOK, j)
+	manager.WriteJSON(w, http.StatusOK, j)
 }
 
 func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
@@ -569,7 +539,7 @@ func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
 		tr = lab.TransportTCP
 	case lab.TransportTCP, lab.TransportPipe:
 	default:
-		labError(w, http.StatusBadRequest, fmt.Sprintf("transport %q is not a migration transport", req.Transport),
+		manager.WriteError(w, http.StatusBadRequest, fmt.Sprintf("transport %q is not a migration transport", req.Transport),
 			`use "tcp" (a loopback connection) or "pipe" (in process)`)
 		return
 	}
@@ -583,26 +553,26 @@ func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
 		hosts = append(hosts, h.Name)
 	}
 	if !slices.Contains(hosts, req.To) {
-		labError(w, http.StatusNotFound, fmt.Sprintf("host %q not found", req.To), "this lab's hosts are "+strings.Join(hosts, ", "))
+		manager.WriteError(w, http.StatusNotFound, fmt.Sprintf("host %q not found", req.To), "this lab's hosts are "+strings.Join(hosts, ", "))
 		return
 	}
 	a.mu.Lock()
 	if a.migrating {
 		running := a.jobs[len(a.jobs)-1]
 		a.mu.Unlock()
-		labError(w, http.StatusConflict, fmt.Sprintf("migration %d (%s to %s) is still running", running.ID, running.VM, running.To),
+		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("migration %d (%s to %s) is still running", running.ID, running.VM, running.To),
 			"one migration at a time; wait until it ends (vmfex show migration) and retry")
 		return
 	}
 	if len(a.switching) != 0 {
 		a.mu.Unlock()
-		labError(w, http.StatusConflict, "a vNIC mode switch is in progress", "retry when it ends, in a few milliseconds")
+		manager.WriteError(w, http.StatusConflict, "a vNIC mode switch is in progress", "retry when it ends, in a few milliseconds")
 		return
 	}
 	// Read the host again under a.mu: no migration can move the VM now.
 	if v, _ = a.lab.View(req.VM); v.Host == req.To {
 		a.mu.Unlock()
-		labError(w, http.StatusConflict, fmt.Sprintf("VM %s already runs on %s", req.VM, req.To),
+		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("VM %s already runs on %s", req.VM, req.To),
 			"choose another host: "+strings.Join(slices.DeleteFunc(hosts, func(h string) bool { return h == req.To }), ", "))
 		return
 	}
@@ -614,7 +584,7 @@ func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
 	a.wg.Add(1)
 	a.mu.Unlock()
 	go a.migrate(j, tr)
-	labWriteJSON(w, http.StatusAccepted, res)
+	manager.WriteJSON(w, http.StatusAccepted, res)
 }
 
 // migrate runs job j to its end.
