@@ -83,18 +83,9 @@ func showPortProfiles(cmd *cobra.Command, o *clientOpts, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(args) == 1 {
-		i := slices.IndexFunc(s.profiles, func(p manager.PortProfile) bool { return p.Name == args[0] })
-		if i < 0 {
-			return fmt.Errorf("port profile %q not found; vmfex show port-profile lists them", args[0])
-		}
-		s.profiles = s.profiles[i : i+1]
-		if o.output == "json" {
-			return printJSON(cmd.OutOrStdout(), s.profiles[0])
-		}
-	}
-	if o.output == "json" {
-		return printJSON(cmd.OutOrStdout(), s.profiles)
+	s.profiles, err = selectNamed(s.profiles, func(p manager.PortProfile) string { return p.Name }, args, "port profile", "port-profile")
+	if err != nil || o.output == "json" {
+		return jsonOr(cmd, err, s.profiles, args)
 	}
 	inUse := map[string]int{}
 	for _, v := range s.vms {
@@ -122,18 +113,9 @@ func showVMs(cmd *cobra.Command, o *clientOpts, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(args) == 1 {
-		i := slices.IndexFunc(s.vms, func(v manager.VM) bool { return v.Name == args[0] })
-		if i < 0 {
-			return fmt.Errorf("VM %q not found; vmfex show vm lists them", args[0])
-		}
-		s.vms = s.vms[i : i+1]
-		if o.output == "json" {
-			return printJSON(cmd.OutOrStdout(), s.vms[0])
-		}
-	}
-	if o.output == "json" {
-		return printJSON(cmd.OutOrStdout(), s.vms)
+	s.vms, err = selectNamed(s.vms, func(v manager.VM) string { return v.Name }, args, "VM", "vm")
+	if err != nil || o.output == "json" {
+		return jsonOr(cmd, err, s.vms, args)
 	}
 	var rows [][]string
 	for _, v := range s.vms {
@@ -228,4 +210,29 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// selectNamed keeps the item named args[0], if a name was given; what and
+// view name the object and its show command in the error.
+func selectNamed[T any](items []T, name func(T) string, args []string, what, view string) ([]T, error) {
+	if len(args) == 0 {
+		return items, nil
+	}
+	i := slices.IndexFunc(items, func(x T) bool { return name(x) == args[0] })
+	if i < 0 {
+		return nil, fmt.Errorf("%s %q not found; vmfex show %s lists them", what, args[0], view)
+	}
+	return items[i : i+1], nil
+}
+
+// jsonOr returns err, or prints items as JSON: the one object when a name
+// was asked for, else the list.
+func jsonOr[T any](cmd *cobra.Command, err error, items []T, args []string) error {
+	if err != nil {
+		return err
+	}
+	if len(args) == 1 {
+		return printJSON(cmd.OutOrStdout(), items[0])
+	}
+	return printJSON(cmd.OutOrStdout(), items)
 }
