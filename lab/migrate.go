@@ -102,8 +102,8 @@ type MigrationFault uint8
 // Faults.
 const (
 	FaultNone MigrationFault = iota
-	// FaultRefuse: the destination refuses, with a reason, at its next
-	// decision (the offer in prepare, the device state in resume).
+	// FaultRefuse: the destination refuses, with a reason, where it
+	// decides: the offer (FaultPhase prepare) or the device state (resume).
 	FaultRefuse
 	// FaultCut: the connection drops (both ends closed).
 	FaultCut
@@ -156,6 +156,9 @@ func (l *Lab) MigrateWith(ctx context.Context, name, to string, o MigrateOptions
 	if o.Transport == "" {
 		o.Transport = TransportPipe
 	}
+	if o.Fault == FaultRefuse && o.FaultPhase != PhasePrepare && o.FaultPhase != PhaseResume {
+		return MigrationReport{}, fmt.Errorf("lab: the destination decides only in %s and %s; it cannot refuse in %q", PhasePrepare, PhaseResume, o.FaultPhase)
+	}
 	l.migrating.Lock()
 	defer l.migrating.Unlock()
 	m := &migrationRun{l: l, vm: vm, dst: dst, o: o, t0: time.Now()}
@@ -201,7 +204,6 @@ type migrationRun struct {
 	destGone    func()           // the destination host disappears
 	destDone    chan destOutcome // the destination's side ends
 	destOut     *destOutcome     // received from destDone
-	refuseAt    atomic.Value     // string: the phase at which the destination refuses
 	incomingVif atomic.Uint32    // the destination's vNIC, once built
 	phaseStart  time.Time
 }
@@ -221,8 +223,6 @@ func (m *migrationRun) begin(phase string) {
 		m.cut()
 	case FaultDestinationGone:
 		m.destGone()
-	case FaultRefuse:
-		m.refuseAt.Store(phase)
 	}
 }
 
@@ -236,7 +236,6 @@ func (m *migrationRun) end(phase string) {
 
 func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 	vm, l := m.vm, m.l
-	m.refuseAt.Store("")
 
 	// prepare: the stream, the offer, the destination's VM.
 	m.phaseStart = time.Now()
@@ -454,7 +453,9 @@ func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in
 		}
 	}()
 	refuse := func(phase string) error {
-		if m.refuseAt.Load() == phase {
+		// The destination decides at its own step, whatever the source is
+		// doing then.
+		if m.o.Fault == FaultRefuse && m.o.FaultPhase == phase {
 			reason := fmt.Sprintf("destination %s refuses (injected at %s)", m.dst.Name, phase)
 			c.Abort(reason)
 			return errors.New(reason)

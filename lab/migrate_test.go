@@ -192,6 +192,10 @@ func TestMigrationRollsBackAtEveryPhase(t *testing.T) {
 		}
 		waitReceiving(ctx, t, l, vm, fmt.Sprintf("%v at %s", c.fault, c.phase))
 	}
+	// A refusal where the destination decides nothing is a caller's error.
+	if _, err := l.MigrateWith(ctx, "web-1", "esx2", lab.MigrateOptions{Fault: lab.FaultRefuse, FaultPhase: lab.PhasePrecopy}); err == nil || errors.Is(err, lab.ErrRolledBack) {
+		t.Fatalf("refuse at precopy: err = %v, want a refusal of the options", err)
+	}
 	// The operator gives up (the caller's context ends) during the pre-copy.
 	{
 		vm := vmNamed(t, l, "web-1")
