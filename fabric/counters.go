@@ -2,6 +2,7 @@ package fabric
 
 import (
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 
 	"github.com/vmfex/vmfex/link"
@@ -87,6 +88,24 @@ func (d DropCounts) MarshalJSON() ([]byte, error) {
 		}
 	}
 	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes; an unknown reason is an
+// error (a report from a build with other reasons).
+func (d *DropCounts) UnmarshalJSON(b []byte) error {
+	var m map[string]uint64
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	*d = DropCounts{}
+	for name, n := range m {
+		r, ok := ParseDropReason(name)
+		if !ok {
+			return fmt.Errorf("%w: drop reason %q", ErrInvalidConfig, name)
+		}
+		d[r] = n
+	}
+	return nil
 }
 
 // dropCounters is the lock-free form of DropCounts.

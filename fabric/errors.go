@@ -28,4 +28,10 @@ var (
 	ErrUnknownVEth = errors.New("fabric: no such vEth")
 	// ErrVifInUse reports a (server port, vif) pair already bound to a vEth.
 	ErrVifInUse = errors.New("fabric: vif already bound")
+	// ErrNotBound reports a ClaimVEth or RevertVEth naming a (server port,
+	// vif) the vEth is not bound to.
+	ErrNotBound = errors.New("fabric: vEth not bound there")
+	// ErrClaimed reports a RevertVEth of a vEth whose new binding's adapter
+	// already claimed it: the migration committed.
+	ErrClaimed = errors.New("fabric: vEth already claimed by its new binding")
 )

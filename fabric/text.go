@@ -28,3 +28,33 @@ func (k PortKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil
 
 // MarshalText implements encoding.TextMarshaler: the reason's name.
 func (r DropReason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler (a report read back,
+// e.g. from an FI agent's status).
+func (s *LinkState) UnmarshalText(b []byte) error {
+	return unmarshalEnum(b, s, []LinkState{LinkDown, LinkUp}, "link state")
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (k *PortKind) UnmarshalText(b []byte) error {
+	return unmarshalEnum(b, k, []PortKind{PortServer, PortUplink}, "port kind")
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (r *DropReason) UnmarshalText(b []byte) error {
+	all := make([]DropReason, NumDropReasons)
+	for i := range all {
+		all[i] = DropReason(i)
+	}
+	return unmarshalEnum(b, r, all, "drop reason")
+}
+
+func unmarshalEnum[E fmt.Stringer](b []byte, dst *E, all []E, what string) error {
+	for _, e := range all {
+		if e.String() == string(b) {
+			*dst = e
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s %q", ErrInvalidConfig, what, b)
+}

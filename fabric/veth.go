@@ -68,6 +68,13 @@ type VEthInfo struct {
 	Held       bool
 	HeldFrames int
 	Counters   VEthCounters
+	// Claimed is set once the adapter of the current binding claimed the
+	// vEth (ClaimVEth; at creation); a RebindVEth clears it.
+	Claimed bool
+	// BaseEgressFrames and BaseIngressFrames are the vEth's counters when
+	// its binding was last claimed: what the FI counts beyond them went to,
+	// or came from, the vNIC that claimed it.
+	BaseEgressFrames, BaseIngressFrames uint64
 }
 
 // veth is one vEth. The object lives as long as the vEth: its identity
@@ -87,6 +94,9 @@ type veth struct {
 	mac     wire.MAC
 	profile string
 	desc    string
+	// claimed and base: see VEthInfo.Claimed and BaseEgressFrames.
+	claimed                 bool
+	baseEgress, baseIngress uint64
 }
 
 // dst is the MAC table destination naming this vEth.
@@ -201,6 +211,7 @@ func (f *FI) createVEthLocked(c VEthConfig) error {
 	v := &veth{
 		id: c.ID, name: "Veth" + strconv.FormatUint(uint64(c.ID), 10),
 		port: p, vif: c.VIF, mac: c.MAC, profile: c.Profile, desc: c.Description,
+		claimed: true, // by the vNIC that exists as the vEth is created
 	}
 	v.slot, v.inc = f.allocSlotLocked(v)
 	f.veths[c.ID] = v
@@ -252,10 +263,17 @@ func (f *FI) DeleteVEth(id uint32) error {
 // RebindVEth moves a vEth to another (server port, vif), as when its VM
 // live-migrates to another host. The vEth keeps its number, MAC, profile
 // and counters; its MAC entries are flushed so they are learned again at
-// the new place. The old adapter is told RemoveVif, then the new one
+// the new place. The new binding is not claimed until its adapter calls
+// ClaimVEth (claim.go). The old adapter is told RemoveVif, then the new one
 // ProgramVif. Rebinding to the current place does nothing. A held vEth
 // stays held (HoldVEth): its frames go to the new place at ReleaseVEth.
 func (f *FI) RebindVEth(id uint32, serverPort string, vif uint16) error {
+	return f.rebind(id, serverPort, vif, nil, false)
+}
+
+// rebind is RebindVEth; check, if set, vets the vEth under the locks first,
+// and claimed is the claim state of the new binding.
+func (f *FI) rebind(id uint32, serverPort string, vif uint16, check func(*veth) error, claimed bool) error {
 	if !validVIF(vif) {
 		return fmt.Errorf("%w: Veth%d: vif %d; use 1..4095", ErrInvalidConfig, id, vif)
 	}
@@ -271,6 +289,12 @@ func (f *FI) RebindVEth(id uint32, serverPort string, vif uint16) error {
 	if v == nil {
 		f.mu.Unlock()
 		return fmt.Errorf("%w: Veth%d", ErrUnknownVEth, id)
+	}
+	if check != nil {
+		if err := check(v); err != nil {
+			f.mu.Unlock()
+			return err
+		}
 	}
 	p, err := f.serverPortLocked(serverPort)
 	if err != nil {
@@ -288,6 +312,7 @@ func (f *FI) RebindVEth(id uint32, serverPort string, vif uint16) error {
 	oldPort, oldVif := v.port, v.vif
 	delete(f.bindings, binding{oldPort, oldVif})
 	v.port, v.vif = p, vif
+	v.claimed = claimed
 	f.bindings[binding{p, vif}] = v
 	f.rebuildLocked()
 	n := f.macs.flushDst(v.dst())
@@ -382,5 +407,6 @@ func (f *FI) vethInfoLocked(v *veth) VEthInfo {
 		Description: v.desc, Profile: v.profile, Mode: prof.pp.Mode, VLAN: prof.untagged,
 		AllowedVLANs: slices.Clone(prof.vlans), QoSClass: prof.pp.QoSClass,
 		State: state, Held: held, HeldFrames: nheld, Counters: v.ctr.load(),
+		Claimed: v.claimed, BaseEgressFrames: v.baseEgress, BaseIngressFrames: v.baseIngress,
 	}
 }

@@ -19,7 +19,6 @@ import (
 
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/guest"
-	"github.com/vmfex/vmfex/guest/mem"
 	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/link"
 	"github.com/vmfex/vmfex/vem"
@@ -70,20 +69,11 @@ type Lab struct {
 	vms   []*VM
 	log   *slog.Logger
 
-	mu      sync.Mutex // guards started, closed, hosts' nextVif and a migrating VM's fields
+	mu      sync.Mutex // guards started, closed and a migrating VM's fields
 	started bool
 	closed  bool
 
 	migrating sync.Mutex // one migration at a time
-}
-
-// Host is a built host.
-type Host struct {
-	Name       string
-	ServerPort string
-	Adapter    *vic.Adapter
-	VEM        *vem.Switch
-	nextVif    uint16
 }
 
 // VM is a built VM with its fabric identity.
@@ -99,11 +89,7 @@ type VM struct {
 	VNIC    *vic.VNIC
 	Port    *vem.Port
 
-	spec  VMSpec
-	peers []guest.TrafficPeer
-	// FI counters of the vEth when this vNIC became its binding: the count
-	// barrier of a move compares the vNIC's own counts with the FI's since.
-	egressBase, ingressBase uint64
+	cfg VMConfig // what it was built from; travels with it in a migration
 }
 
 // vifProgrammer lets the FI program an adapter's vifs (fabric cannot import
@@ -158,11 +144,10 @@ func Build(t Topology) (*Lab, error) {
 				up = link.NewTap(hostEnd, fn)
 			}
 		}
-		a := vic.New(vic.Config{Name: hs.Name + "/adapter", Uplink: up, Logger: log})
-		if err := l.FI.AddServerPort(hs.ServerPort, fiEnd, vifProgrammer{a}); err != nil {
+		h := NewHost(hs.Name, hs.ServerPort, up, log)
+		if err := l.FI.AddServerPort(hs.ServerPort, fiEnd, h.VifProgrammer()); err != nil {
 			return nil, err
 		}
-		h := &Host{Name: hs.Name, ServerPort: hs.ServerPort, Adapter: a, VEM: vem.New(hs.Name, log), nextVif: 1}
 		hosts[hs.Name] = h
 		l.hosts = append(l.hosts, h)
 	}
@@ -196,21 +181,15 @@ func Build(t Topology) (*Lab, error) {
 	return l, nil
 }
 
-// Guest memory map of a lab VM: the driver's region at 1 MiB, workload
-// state at 64 KiB (below it).
-const (
-	trafficBase   = 64 << 10
-	responderBase = 512 << 10
-	driverBase    = 1 << 20
-)
-
 func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.TrafficPeer) (*VM, error) {
-	vm, err := l.attachVM(h, vs, id, peers)
+	// The vif is the VM's on every host, as its vEth is: a migration's
+	// destination gives its vNIC the same one.
+	c := VMConfig{Spec: vs, ID: id, VEth: uint32(FirstDynamicVEth + len(l.vms)), Vif: uint16(id),
+		VLAN: vlan, Peers: peers, Traffic: l.topo.Traffic}
+	vm, err := h.AttachVM(c, l.topo.Driver)
 	if err != nil {
 		return nil, err
 	}
-	vm.VLAN = vlan
-	vm.VEth = uint32(FirstDynamicVEth + len(l.vms))
 	if err := l.FI.CreateVEth(fabric.VEthConfig{
 		ID: vm.VEth, ServerPort: h.ServerPort, VIF: vm.Vif, MAC: vs.MAC, Profile: vs.Profile,
 		Description: vs.Name + " vNIC 1",
@@ -218,55 +197,6 @@ func (l *Lab) buildVM(h *Host, vs VMSpec, id uint32, vlan uint16, peers []guest.
 		return nil, err
 	}
 	return vm, nil
-}
-
-// attachVM builds a VM on host h — guest memory, workload, a dynamic vNIC
-// from h's adapter and a VEM port — without a vEth: a new VM gets one, a
-// migrating VM keeps its own.
-func (l *Lab) attachVM(h *Host, vs VMSpec, id uint32, peers []guest.TrafficPeer) (*VM, error) {
-	var traffic *guest.Traffic
-	dcfg := l.topo.Driver
-	dcfg.Base = driverBase
-	memSize := vs.MemSize
-	if memSize == 0 {
-		memSize = 8 << 20
-	}
-	hv, err := hypervisor.NewVM(hypervisor.VMConfig{
-		Name: vs.Name, ID: id, MemSize: memSize, MAC: vs.MAC, Driver: dcfg, Logger: l.log,
-		Workload: func(m *mem.Memory) (guest.Workload, error) {
-			t, err := guest.NewTraffic(m, guest.TrafficConfig{
-				Base: trafficBase, Size: guest.TrafficStateSize(len(peers)),
-				VM: id, MAC: vs.MAC, IP: vs.IP, Peers: peers,
-				FrameLen: l.topo.Traffic.FrameLen, Rate: l.topo.Traffic.Rate, Stopped: true,
-			})
-			if err != nil {
-				return nil, err
-			}
-			traffic = t
-			r, err := guest.NewResponder(m, guest.ResponderConfig{Base: responderBase, MAC: vs.MAC, IP: vs.IP})
-			if err != nil {
-				return nil, err
-			}
-			return guest.NewMulti(t, r), nil
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	vif := h.nextVif
-	h.nextVif++
-	l.mu.Unlock()
-	vnic, err := h.Adapter.CreateVNIC(vif, vs.MAC, hv.Memory(), hv)
-	if err != nil {
-		return nil, err
-	}
-	port := h.VEM.AddPort(fmt.Sprintf("%s/eth0@%s", vs.Name, h.Name), vnic)
-	if err := hv.AttachVNIC(vnic, port); err != nil {
-		return nil, err
-	}
-	return &VM{VM: hv, Host: h, Vif: vif, Profile: vs.Profile, IP: vs.IP, Traffic: traffic, VNIC: vnic, Port: port,
-		spec: vs, peers: peers}, nil
 }
 
 // Start runs the FI, the adapters and every VM (drivers come up; traffic

@@ -20,27 +20,33 @@ package lab
 //	                 their envelopes
 //	resume           the destination validates the state and says Ready; the
 //	                 FI rebinds the vEth to the destination; Commit; the
-//	                 destination runs the VM (the commit point) and acks;
-//	                 the FI releases the held frames; a RARP, queued as the
-//	                 VM resumes, announces its MAC
-//	emulated_to_vic  the vNIC moves, live, onto the destination's adapter
+//	                 destination claims the vEth at the FI (the commit
+//	                 point), queues a RARP announcing the VM's MAC, runs the
+//	                 VM, has the FI release the held frames, and acks
+//	emulated_to_vic  the destination moves the vNIC, live, onto its adapter
+//	                 and says so (Direct)
 //
 // Before the commit point any failure — the destination refuses, the
-// stream drops, the destination disappears, a timeout — rolls back: the FI
-// releases the hold to the unchanged (source) binding, the VM thaws on the
-// source and returns to the direct path, and the destination's VM and vNIC
-// are removed; a vEth already rebound to the destination returns to the
-// source. The FI's binding decides a stream lost after Ready: the
-// destination runs the VM if the vEth is bound to it, and the source knows
-// whether it did before it releases anything.
+// stream drops, the destination disappears, a timeout — rolls back: the VM
+// thaws on the source and returns to the direct path, the FI releases the
+// hold to the source's binding, and the destination removes its VM and
+// vNIC. If the stream breaks after the rebind, the FI decides: the
+// destination runs the VM only if its claim succeeds, and the source takes
+// the vEth back only if its revert does (fabric.RevertVEth), which fails
+// once the destination claimed it.
+//
+// The destination's side needs nothing from the source but the stream (the
+// offer carries the VM's configuration), so it runs in a goroutine of the
+// lab or in another process (a host agent, package agent).
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"runtime"
-	"sync/atomic"
+	"slices"
 	"time"
 
 	"github.com/vmfex/vmfex/fabric"
@@ -140,14 +146,47 @@ const commitTimeout = 10 * time.Second
 var (
 	ErrSameHost   = errors.New("lab: the VM already runs on that host")
 	ErrRolledBack = errors.New("lab: migration rolled back; the VM runs on its source host")
+	// ErrOutcomeUnknown: the stream to the destination broke after the
+	// rebind and the FI could not be asked who won; the VM stays frozen on
+	// the source, its vEth held, until an operator decides.
+	ErrOutcomeUnknown = errors.New("lab: migration outcome unknown")
+	// ErrNotDirect: the migration committed (the VM runs on the
+	// destination) but its return to the direct path there is not
+	// confirmed.
+	ErrNotDirect = errors.New("lab: migrated, but the return to the direct path is not confirmed")
 )
+
+// FabricControl is what a migration asks of the FI: the lab's FI in the
+// same process, or an FI agent over its control API (package agent).
+type FabricControl interface {
+	HoldVEth(id uint32) (fabric.HoldTicket, error)
+	ReleaseVEth(id uint32) error
+	RebindVEth(id uint32, serverPort string, vif uint16) error
+	ClaimVEth(id uint32, serverPort string, vif uint16) error
+	RevertVEth(id uint32, fromPort string, fromVif uint16, toPort string, toVif uint16) error
+	VEthInfo(id uint32) (fabric.VEthInfo, error)
+}
+
+// LocalFabric is the FabricControl of an FI in this process.
+type LocalFabric struct{ *fabric.FI }
+
+// VEthInfo returns the vEth numbered id.
+func (f LocalFabric) VEthInfo(id uint32) (fabric.VEthInfo, error) {
+	info, ok := f.VEth(id)
+	if !ok {
+		return info, fmt.Errorf("%w: Veth%d", fabric.ErrUnknownVEth, id)
+	}
+	return info, nil
+}
 
 // Migrate moves the VM named name to host to, live, over an in-process pipe.
 func (l *Lab) Migrate(ctx context.Context, name, to string) (MigrationReport, error) {
 	return l.MigrateWith(ctx, name, to, MigrateOptions{})
 }
 
-// MigrateWith moves the VM named name to host to, live, as o says.
+// MigrateWith moves the VM named name to host to, live, as o says. The
+// destination's side runs in its own goroutine and reaches the source only
+// through the stream (and the FI).
 func (l *Lab) MigrateWith(ctx context.Context, name, to string, o MigrateOptions) (MigrationReport, error) {
 	vm, dst, err := l.migrationEnds(name, to)
 	if err != nil {
@@ -156,14 +195,64 @@ func (l *Lab) MigrateWith(ctx context.Context, name, to string, o MigrateOptions
 	if o.Transport == "" {
 		o.Transport = TransportPipe
 	}
-	if o.Fault == FaultRefuse && o.FaultPhase != PhasePrepare && o.FaultPhase != PhaseResume {
-		return MigrationReport{}, fmt.Errorf("lab: the destination decides only in %s and %s; it cannot refuse in %q", PhasePrepare, PhaseResume, o.FaultPhase)
+	if err := o.check(); err != nil {
+		return MigrationReport{}, err
 	}
 	l.migrating.Lock()
 	defer l.migrating.Unlock()
-	m := &migrationRun{l: l, vm: vm, dst: dst, o: o, t0: time.Now()}
-	m.rep = MigrationReport{VM: name, From: vm.Host.Name, To: dst.Name, Transport: o.Transport, StartUnixNs: m.t0.UnixNano()}
+	fc := LocalFabric{l.FI}
+	srcEnd, dstEnd, err := openTransport(ctx, o.Transport)
+	if err != nil {
+		return MigrationReport{}, err
+	}
+	dctx, dcancel := context.WithCancel(ctx)
+	defer dcancel()
+	done := make(chan destOutcome, 1)
+	go func() {
+		in, err := ServeIncoming(dctx, dstEnd, dst, fc)
+		dstEnd.Close()
+		done <- destOutcome{in, err}
+	}()
+	m := newRun(vm, fc, dst.Name, dst.ServerPort, srcEnd, o)
+	m.cut = func() { srcEnd.Close(); dstEnd.Close() }
+	m.destGone = func() { dcancel(); dstEnd.Close() }
+	m.destDone = done
+	m.committed = func(in *VM) {
+		l.mu.Lock()
+		vm.VM, vm.Host, vm.VNIC, vm.Port, vm.Traffic = in.VM, dst, in.VNIC, in.Port, in.Traffic
+		l.mu.Unlock()
+	}
 	return m.run(ctx)
+}
+
+// MigrateOut moves vm, live, to the host at the other end of conn (a host
+// agent's migration listener), whose FI server port is toPort: the source's
+// side of a migration between processes. On success the VM runs there and
+// its pieces here are gone; on ErrRolledBack it runs here, on the direct
+// path. Only FaultCut can be injected from here; a destination's refusal
+// travels in the offer (o.Fault FaultRefuse).
+func MigrateOut(ctx context.Context, vm *VM, fc FabricControl, conn net.Conn, to, toPort string, o MigrateOptions) (MigrationReport, error) {
+	o.Transport = TransportTCP
+	if err := o.check(); err != nil {
+		return MigrationReport{}, err
+	}
+	if o.Fault == FaultDestinationGone {
+		return MigrationReport{}, errors.New("lab: fault destination-gone needs an in-process destination; across processes, stop the destination's agent")
+	}
+	m := newRun(vm, fc, to, toPort, conn, o)
+	m.cut = func() { conn.Close() }
+	m.destGone = func() { conn.Close() }
+	return m.run(ctx)
+}
+
+func (o *MigrateOptions) check() error {
+	if o.Fault == FaultRefuse && o.FaultPhase != PhasePrepare && o.FaultPhase != PhaseResume {
+		return fmt.Errorf("lab: the destination decides only in %s and %s; it cannot refuse in %q", PhasePrepare, PhaseResume, o.FaultPhase)
+	}
+	if o.Fault != FaultNone && !slices.Contains(RollbackPhases, o.FaultPhase) {
+		return fmt.Errorf("lab: fault phase %q is not one of %v", o.FaultPhase, RollbackPhases)
+	}
+	return nil
 }
 
 func (l *Lab) migrationEnds(name, to string) (*VM, *Host, error) {
@@ -190,27 +279,46 @@ func (l *Lab) migrationEnds(name, to string) (*VM, *Host, error) {
 	return vm, dst, nil
 }
 
-// migrationRun is the source side of one migration and the lab's view of it.
-type migrationRun struct {
-	l   *Lab
-	vm  *VM
-	dst *Host
-	o   MigrateOptions
-	t0  time.Time
-	rep MigrationReport
+// offer is the VM configuration a source sends in its Hello (VMSpec.Config).
+type offer struct {
+	VM VMConfig `json:"vm"`
+	// Refuse names the phase (prepare or resume) at which the destination
+	// must refuse: an injected fault, to prove the rollback.
+	Refuse string `json:"refuse,omitempty"`
+}
 
-	src         *migration.Conn
-	cut         func()           // closes both ends of the transport
-	destGone    func()           // the destination host disappears
-	destDone    chan destOutcome // the destination's side ends
-	destOut     *destOutcome     // received from destDone
-	incomingVif atomic.Uint32    // the destination's vNIC, once built
-	phaseStart  time.Time
+// migrationRun is the source side of one migration.
+type migrationRun struct {
+	vm     *VM
+	fc     FabricControl
+	to     string // destination host
+	toPort string // its FI server port
+	conn   net.Conn
+	o      MigrateOptions
+	t0     time.Time
+	rep    MigrationReport
+
+	src      *migration.Conn
+	cut      func() // closes the transport (both ends in process)
+	destGone func() // the destination host disappears
+	// In process only: the destination's side ends on destDone, and
+	// committed takes its VM into the lab.
+	destDone  chan destOutcome
+	destOut   *destOutcome
+	committed func(in *VM)
+
+	phaseStart time.Time
 }
 
 type destOutcome struct {
 	in  *VM // the VM running on the destination, on success
 	err error
+}
+
+func newRun(vm *VM, fc FabricControl, to, toPort string, conn net.Conn, o MigrateOptions) *migrationRun {
+	m := &migrationRun{vm: vm, fc: fc, to: to, toPort: toPort, conn: conn, o: o, t0: time.Now()}
+	m.rep = MigrationReport{VM: vm.Name(), From: vm.Host.Name, To: to, Transport: o.Transport, StartUnixNs: m.t0.UnixNano()}
+	return m
 }
 
 func (m *migrationRun) begin(phase string) {
@@ -235,29 +343,24 @@ func (m *migrationRun) end(phase string) {
 }
 
 func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
-	vm, l := m.vm, m.l
+	vm := m.vm
+	defer m.conn.Close()
 
 	// prepare: the stream, the offer, the destination's VM.
 	m.phaseStart = time.Now()
-	srcEnd, dstEnd, err := openTransport(ctx, m.o.Transport)
-	if err != nil {
-		return m.rep, err
-	}
-	m.src = migration.NewConn(srcEnd, migration.ConnConfig{})
-	dc := migration.NewConn(dstEnd, migration.ConnConfig{})
+	m.src = migration.NewConn(m.conn, migration.ConnConfig{})
 	defer m.src.Close()
-	dctx, dcancel := context.WithCancel(ctx)
-	defer dcancel()
-	m.cut = func() { srcEnd.Close(); dstEnd.Close() }
-	m.destGone = func() { dcancel(); dstEnd.Close() }
-	m.destDone = make(chan destOutcome, 1)
-	go func() {
-		in, err := m.serveIncoming(dctx, dc)
-		dc.Close()
-		m.destDone <- destOutcome{in, err}
-	}()
 	m.begin(PhasePrepare)
-	spec := migration.VMSpec{Name: vm.Name(), ID: vm.ID(), MemSize: vm.Memory().Size(), MAC: vm.MAC(), Driver: vm.Driver().Config()}
+	off := offer{VM: vm.cfg}
+	if m.o.Fault == FaultRefuse {
+		off.Refuse = m.o.FaultPhase
+	}
+	cfg, err := json.Marshal(off)
+	if err != nil {
+		return m.rollback(ctx, 0, false, err)
+	}
+	spec := migration.VMSpec{Name: vm.Name(), ID: vm.ID(), MemSize: vm.Memory().Size(), MAC: vm.MAC(),
+		Driver: vm.Driver().Config(), Config: string(cfg)}
 	if err := migration.Offer(ctx, m.src, spec); err != nil {
 		return m.rollback(ctx, 0, false, err)
 	}
@@ -285,11 +388,12 @@ func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 		return m.rollback(ctx, 0, false, err)
 	}
 	frozeAt := time.Now()
-	ticket, err := l.FI.HoldVEth(vm.VEth)
+	ticket, err := m.fc.HoldVEth(vm.VEth)
 	if err != nil {
+		// Not held (or the FI cannot say): thaw, and release in case it is.
 		return m.rollback(ctx, irq, true, err)
 	}
-	ingressAtMove, extra, err := vm.settle(ctx, l.FI, ticket)
+	extra, err := vm.settle(ctx, m.fc, ticket)
 	if err != nil {
 		// The frames taken off the port go back to the device, in order.
 		if aerr := vm.Emulated().Device().AddPending(0, extra); aerr != nil {
@@ -332,89 +436,115 @@ func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 	if _, err := m.src.Expect(rctx, migration.MsgReady); err != nil {
 		return m.rollback(ctx, irq, true, err)
 	}
-	// The commit point. The vEth is bound to the destination before the VM
-	// runs there, so the FI knows the new (port, vif) of its first frame.
-	select {
-	case out := <-m.destDone:
-		// The destination ended without waiting for Commit: it failed.
-		m.destOut = &out
-		return m.rollback(ctx, irq, true, fmt.Errorf("destination ended after Ready: %v", out.err))
-	default:
+	if m.destDone != nil {
+		select {
+		case out := <-m.destDone:
+			// The destination ended without waiting for Commit: it failed.
+			m.destOut = &out
+			return m.rollback(ctx, irq, true, fmt.Errorf("destination ended after Ready: %v", out.err))
+		default:
+		}
 	}
-	newVif, ok := m.pendingVif()
-	if !ok {
-		return m.rollback(ctx, irq, true, errors.New("destination has no vNIC"))
-	}
-	if err := l.FI.RebindVEth(vm.VEth, m.dst.ServerPort, newVif); err != nil {
+	// The vEth is bound to the destination before the VM runs there, so
+	// the FI knows the (port, vif) of its first frame. The destination
+	// runs the VM only once it has claimed the new binding at the FI (the
+	// commit point); until then the source can take the vEth back.
+	if err := m.fc.RebindVEth(vm.VEth, m.toPort, vm.Vif); err != nil {
 		return m.rollback(ctx, irq, true, err)
 	}
-	// Commit tells the destination to run the VM; if the stream fails now,
-	// the destination finds the vEth bound to it and runs the VM anyway.
-	// The migration is committed once the destination runs the VM; if it
-	// never does, the vEth returns to the source.
 	commitErr := m.src.Send(rctx, &migration.Msg{Type: migration.MsgCommit})
 	if commitErr == nil {
 		commitErr = m.src.ExpectAck(rctx, migration.MsgCommit)
 	}
-	out := m.destination()
-	if out.err != nil {
-		// The destination never ran the VM (it failed or went away between
-		// Ready and Commit): the vEth goes back to the source, still held,
-		// and the VM thaws there.
-		if err := l.FI.RebindVEth(vm.VEth, vm.Host.ServerPort, vm.Vif); err != nil {
-			return m.rep, fmt.Errorf("lab: %s: the destination failed after the rebind and the vEth cannot return to the source: %w", vm.Name(), errors.Join(out.err, err))
+	if commitErr != nil {
+		// Who won is the FI's to say: the destination's claim, or this
+		// revert.
+		committed, err := m.decide(ctx)
+		if err != nil {
+			return m.rep, fmt.Errorf("%w: %s to %s: %w (stream: %v)", ErrOutcomeUnknown, vm.Name(), m.to, err, commitErr)
 		}
-		return m.rollback(ctx, irq, true, fmt.Errorf("destination did not resume the VM: %w (stream: %v)", out.err, commitErr))
+		if !committed {
+			return m.rollback(ctx, irq, true, fmt.Errorf("destination did not claim the vEth: %w", commitErr))
+		}
 	}
-	in := out.in
 	resumedAt := time.Now()
-	if err := l.FI.ReleaseVEth(vm.VEth); err != nil {
-		return m.rep, err
-	}
 	m.end(PhaseResume)
 	m.rep.DowntimeMs = float64(resumedAt.Sub(frozeAt).Microseconds()) / 1e3
 
-	// The source's copy goes away.
+	// The source's copy goes away; the VM is the destination's.
 	old := *vm
-	_ = old.VM.Stop()
-	old.Port.Close()
-	_ = old.Host.Adapter.DeleteVNIC(old.Vif)
-	l.mu.Lock()
-	vm.VM, vm.Host, vm.Vif, vm.VNIC, vm.Port, vm.Traffic = in.VM, m.dst, in.Vif, in.VNIC, in.Port, in.Traffic
-	vm.egressBase, vm.ingressBase = ticket.EgressFrames, ingressAtMove
-	l.mu.Unlock()
+	old.teardown()
 
-	// emulated_to_vic
+	// emulated_to_vic: the destination returns the VM to its adapter.
 	m.begin(PhaseEmulatedToVIC)
-	if _, err := vm.SwitchMode(ctx, hypervisor.ModeDirect); err != nil {
-		return m.rep, err
+	var directErr error
+	if commitErr == nil {
+		_, directErr = m.src.Expect(rctx, migration.MsgDirect)
+	} else {
+		directErr = errors.New("the stream broke before the destination reported")
+	}
+	if m.destDone != nil {
+		out := m.destination()
+		directErr = errors.Join(directErr, out.err)
+		m.committed(out.in)
 	}
 	m.end(PhaseEmulatedToVIC)
 	r := sender.Report()
 	m.rep.PrecopyRounds = len(r.Rounds)
 	m.rep.BytesTransferred = m.src.Sent()
 	m.rep.TotalMs = float64(time.Since(m.t0).Microseconds()) / 1e3
+	if directErr != nil {
+		return m.rep, fmt.Errorf("%w: %s runs on %s: %w", ErrNotDirect, vm.Name(), m.to, directErr)
+	}
 	return m.rep, nil
 }
 
+// decide asks the FI, after the stream broke past the rebind, whether the
+// destination claimed the vEth (committed) or the source takes it back.
+func (m *migrationRun) decide(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	vm := m.vm
+	for {
+		err := m.fc.RevertVEth(vm.VEth, m.toPort, vm.Vif, vm.Host.ServerPort, vm.Vif)
+		switch {
+		case err == nil:
+			return false, nil
+		case errors.Is(err, fabric.ErrClaimed):
+			return true, nil
+		case errors.Is(err, fabric.ErrNotBound), errors.Is(err, fabric.ErrUnknownVEth):
+			return false, err
+		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(10 * time.Millisecond): // the FI's control API is unreachable: retry
+		}
+	}
+}
+
 // rollback returns the VM to its source host after a failure before the
-// commit point: the FI's hold ends on the source's binding, the VM thaws
-// and goes back to the direct path, and the destination's side ends and
-// removes what it built.
+// commit point (the vEth is bound to the source): the destination's side
+// ends and removes what it built, the VM thaws, the FI's hold ends, and
+// the VM goes back to the direct path.
 func (m *migrationRun) rollback(ctx context.Context, irq uint32, frozen bool, cause error) (MigrationReport, error) {
 	vm := m.vm
 	// Undoing must not stop half way because the caller gave up.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
-	m.src.Close()
-	m.destGone()    // the destination stops and cleans up
-	m.destination() // it removed what it built
+	if m.src != nil {
+		m.src.Close()
+	}
+	m.destGone() // the destination stops and cleans up
+	if m.destDone != nil {
+		m.destination() // it removed what it built
+	}
 	if frozen {
 		// The VM first, then the FI: the held frames go down a lossless
 		// cable to the VM's adapter, which can take them only once the VM
 		// takes frames again.
 		vm.ThawOutgoing(irq)
-		if err := m.l.FI.ReleaseVEth(vm.VEth); err != nil {
+		if err := m.fc.ReleaseVEth(vm.VEth); err != nil {
 			cause = errors.Join(cause, err)
 		}
 	}
@@ -423,10 +553,10 @@ func (m *migrationRun) rollback(ctx context.Context, irq uint32, frozen bool, ca
 			cause = errors.Join(cause, err)
 		}
 	}
-	return m.rep, fmt.Errorf("%w: %s to %s: %w", ErrRolledBack, vm.Name(), m.dst.Name, cause)
+	return m.rep, fmt.Errorf("%w: %s to %s: %w", ErrRolledBack, vm.Name(), m.to, cause)
 }
 
-// destination waits for the destination's side to end and returns how.
+// destination waits for the in-process destination's side to end.
 func (m *migrationRun) destination() destOutcome {
 	if m.destOut == nil {
 		out := <-m.destDone
@@ -435,45 +565,50 @@ func (m *migrationRun) destination() destOutcome {
 	return *m.destOut
 }
 
-// pendingVif returns the vif of the vNIC the destination built.
-func (m *migrationRun) pendingVif() (uint16, bool) {
-	v := m.incomingVif.Load()
-	return uint16(v), v != 0
-}
-
-// serveIncoming is the destination host's side: it accepts the offer,
-// builds the VM, receives memory and state, says Ready, and on Commit (or,
-// with the stream gone, on finding the vEth bound to it) runs the VM. On
-// failure it removes what it built and returns the error.
-func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in *VM, err error) {
+// ServeIncoming is a destination host's side of one migration over conn:
+// it accepts the offer, builds the VM on h, receives memory and state, says
+// Ready, and on Commit — or, with the stream gone, if the source had
+// rebound the vEth here — claims the vEth at the FI, which commits the
+// migration, runs the VM, lets the FI release the held frames and returns
+// the VM to the direct path. On failure it removes what it built.
+func ServeIncoming(ctx context.Context, conn net.Conn, h *Host, fc FabricControl) (in *VM, err error) {
+	c := migration.NewConn(conn, migration.ConnConfig{})
+	defer c.Close()
+	claimed := false
 	defer func() {
-		if err != nil && in != nil {
+		if err != nil && in != nil && !claimed {
 			in.teardown()
 			in = nil
 		}
 	}()
+	spec, err := migration.Accept(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	var off offer
+	if err := json.Unmarshal([]byte(spec.Config), &off); err != nil {
+		c.Abort("destination: VM configuration: " + err.Error())
+		return nil, fmt.Errorf("lab: destination %s: VM configuration: %w", h.Name, err)
+	}
 	refuse := func(phase string) error {
-		// The destination decides at its own step, whatever the source is
-		// doing then.
-		if m.o.Fault == FaultRefuse && m.o.FaultPhase == phase {
-			reason := fmt.Sprintf("destination %s refuses (injected at %s)", m.dst.Name, phase)
+		if off.Refuse == phase {
+			reason := fmt.Sprintf("destination %s refuses (injected at %s)", h.Name, phase)
 			c.Abort(reason)
 			return errors.New(reason)
 		}
 		return nil
 	}
-	spec, err := migration.Accept(ctx, c)
-	if err != nil {
-		return nil, err
-	}
 	if err := refuse(PhasePrepare); err != nil {
 		return nil, err
 	}
-	in, err = m.l.attachVM(m.dst, m.vm.spec, spec.ID, m.vm.peers)
-	if err == nil && (spec.MemSize != in.Memory().Size() || spec.MAC != in.MAC()) {
-		err = fmt.Errorf("destination: VM %s has %d bytes and MAC %s here, the source offers %d and %s",
-			spec.Name, in.Memory().Size(), in.MAC(), spec.MemSize, spec.MAC)
+	if off.VM.Spec.Name != spec.Name || off.VM.ID != spec.ID || off.VM.Spec.MAC != spec.MAC {
+		err := fmt.Errorf("destination: the offer names %s (id %d, %s), its configuration %s (id %d, %s)",
+			spec.Name, spec.ID, spec.MAC, off.VM.Spec.Name, off.VM.ID, off.VM.Spec.MAC)
+		c.Abort(err.Error())
+		return nil, err
 	}
+	off.VM.Spec.MemSize = spec.MemSize
+	in, err = h.AttachVM(off.VM, spec.Driver)
 	if err == nil {
 		err = in.PrepareIncoming()
 	}
@@ -482,7 +617,6 @@ func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in
 		return in, err
 	}
 	in.Port.Start()
-	m.incomingVif.Store(uint32(in.Vif))
 	if err := c.Send(ctx, &migration.Msg{Type: migration.MsgAck, Of: migration.MsgHello}); err != nil {
 		return in, err
 	}
@@ -524,17 +658,23 @@ func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in
 	if err := c.Send(ctx, &migration.Msg{Type: migration.MsgReady}); err != nil {
 		return in, err
 	}
-	cm, err := c.Recv(ctx)
-	switch {
-	case err == nil && cm.Type == migration.MsgCommit:
-	case ctx.Err() == nil && m.boundHere(in):
-		// The stream failed after Ready, but the FI moved the vEth here:
-		// the source committed. (A host that is going away does not.)
-	case err == nil:
+	cm, recvErr := c.Recv(ctx)
+	if recvErr == nil && cm.Type != migration.MsgCommit {
 		return in, fmt.Errorf("%w: %v, waiting for Commit", migration.ErrUnexpected, cm.Type)
-	default:
-		return in, err
 	}
+	if err := ctx.Err(); err != nil {
+		return in, err // a host going away commits nothing
+	}
+	// The commit point: the FI gives the vEth to whoever asks first, this
+	// claim or the source's revert. With the stream gone, the claim
+	// succeeds only if the source rebound the vEth here before it broke.
+	if err := fc.ClaimVEth(in.VEth, h.ServerPort, in.Vif); err != nil {
+		if recvErr != nil {
+			err = errors.Join(recvErr, err)
+		}
+		return in, fmt.Errorf("lab: destination %s: the vEth is not ours: %w", h.Name, err)
+	}
+	claimed = true
 	// The RARP goes first, queued before the guest runs: its frames then
 	// follow it, and it never finds the vNIC's host queue full.
 	if err := announce(in); err != nil {
@@ -543,23 +683,17 @@ func (m *migrationRun) serveIncoming(ctx context.Context, c *migration.Conn) (in
 	if err := in.ResumeIncoming(st, vcpu.IRQ); err != nil {
 		return in, err
 	}
-	// Best effort: the source learns from the FI and the Ack alike.
+	// The VM runs here: the frames the FI held for it go down to it now.
+	if err := fc.ReleaseVEth(in.VEth); err != nil {
+		return in, err
+	}
+	// Best effort from here: the source learns the outcome from the FI too.
 	_ = c.Send(ctx, &migration.Msg{Type: migration.MsgAck, Of: migration.MsgCommit})
+	if _, err := in.SwitchMode(ctx, hypervisor.ModeDirect); err != nil {
+		return in, err
+	}
+	_ = c.Send(ctx, &migration.Msg{Type: migration.MsgDirect})
 	return in, nil
-}
-
-// boundHere reports whether the FI binds the migrating VM's vEth to in.
-func (m *migrationRun) boundHere(in *VM) bool {
-	info, ok := m.l.FI.VEth(m.vm.VEth)
-	return ok && info.ServerPort == m.dst.ServerPort && info.VIF == in.Vif
-}
-
-// teardown removes a VM that never ran here (a destination's, after a
-// failed migration): its vCPU, VEM port and dynamic vNIC.
-func (vm *VM) teardown() {
-	_ = vm.Stop()
-	vm.Port.Close()
-	_ = vm.Host.Adapter.DeleteVNIC(vm.Vif)
 }
 
 // openTransport returns the two ends of a migration stream.
@@ -603,33 +737,40 @@ func openTransport(ctx context.Context, t Transport) (src, dst net.Conn, err err
 
 // settle waits until the frozen VM's vNIC has received every frame the FI
 // sent it before the hold (the count barrier) and the FI has received every
-// frame the VM queued. It returns the vEth's ingress count then: every
-// frame the FI will count from here on comes from the destination's vNIC.
+// frame the VM queued. Both sides count from the vNIC's claim of the vEth
+// (fabric.ClaimVEth): the vNIC from its creation, the FI beyond its base.
 // Frames reaching the frozen VM meanwhile are taken off its VEM port (the
 // frozen device would make the port wait) and returned, in order.
-func (vm *VM) settle(ctx context.Context, fi *fabric.FI, t fabric.HoldTicket) (uint64, [][]byte, error) {
+func (vm *VM) settle(ctx context.Context, fc FabricControl, t fabric.HoldTicket) ([][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
+	_, remote := fc.(LocalFabric)
+	remote = !remote
 	var extra [][]byte
-	for {
+	for i := 0; ; i++ {
 		extra = append(extra, vm.DrainOutgoing()...)
 		st := vm.VNIC.Stats()
-		in := vm.ingressNow(fi)
-		if st.Arrived >= t.EgressFrames-vm.egressBase && st.Handed == st.Arrived &&
-			st.BacklogFrames == 0 && st.TxInFlight == 0 && in-vm.ingressBase >= st.TxFrames {
-			return in, extra, nil
+		info, err := fc.VEthInfo(vm.VEth)
+		if err != nil {
+			return extra, err
+		}
+		sent := t.EgressFrames - info.BaseEgressFrames
+		in := info.Counters.IngressFrames - info.BaseIngressFrames
+		if st.Arrived >= sent && st.Handed == st.Arrived &&
+			st.BacklogFrames == 0 && st.TxInFlight == 0 && in >= st.TxFrames {
+			return extra, nil
 		}
 		if err := ctx.Err(); err != nil {
-			return 0, extra, fmt.Errorf("lab: frames of %s still in flight (vNIC got %d of %d the FI sent; %d queued; FI got %d of %d sent): %w",
-				vm.Name(), st.Arrived, t.EgressFrames-vm.egressBase, st.BacklogFrames, in-vm.ingressBase, st.TxFrames, err)
+			return extra, fmt.Errorf("lab: frames of %s still in flight (vNIC got %d of %d the FI sent; %d queued; FI got %d of %d sent): %w",
+				vm.Name(), st.Arrived, sent, st.BacklogFrames, in, st.TxFrames, err)
 		}
-		runtime.Gosched()
+		if remote && i > 8 {
+			// Each look is a request to the FI agent: do not flood it.
+			time.Sleep(100 * time.Microsecond)
+		} else {
+			runtime.Gosched()
+		}
 	}
-}
-
-func (vm *VM) ingressNow(fi *fabric.FI) uint64 {
-	info, _ := fi.VEth(vm.VEth)
-	return info.Counters.IngressFrames
 }
 
 // announce queues the RARP with which the destination announces the VM's

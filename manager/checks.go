@@ -180,8 +180,8 @@ func (s *Server) checkDeletePortProfile(ctx context.Context, old object) error {
 func (s *Server) checkVM(ctx context.Context, o, old object) error {
 	v := o.(*VM)
 	if old == nil {
-		if v.VEth != 0 {
-			return badRequest("veth is assigned by the manager", "leave veth out when creating a VM")
+		if v.VEth != 0 || v.Vif != 0 {
+			return badRequest("veth and vif are assigned by the manager", "leave them out when creating a VM")
 		}
 	} else {
 		was := old.(*VM).VEth
@@ -190,6 +190,12 @@ func (s *Server) checkVM(ctx context.Context, o, old object) error {
 				"leave veth out, or send the current value")
 		}
 		v.VEth = was
+		if wasVif := old.(*VM).Vif; v.Vif != 0 && v.Vif != wasVif {
+			return badRequest(fmt.Sprintf("vif of VM %s is %d and cannot change", v.Name, wasVif),
+				"leave vif out, or send the current value")
+		} else {
+			v.Vif = wasVif
+		}
 	}
 	host, ok, err := getKind[Host](ctx, s, KindHosts, v.Host)
 	if err != nil {
@@ -249,6 +255,9 @@ const (
 // assignVEth gives a new VM the next vEth number.
 func (s *Server) assignVEth(ctx context.Context, o object) error {
 	v := o.(*VM)
+	if err := s.assignVif(ctx, v); err != nil {
+		return err
+	}
 	so, err := s.store.Get(ctx, kindCounters, counterVEth)
 	if errors.Is(err, store.ErrNotFound) {
 		val, _ := json.Marshal(vethCounter{Next: FirstVEth + 1})

@@ -20,7 +20,7 @@ const (
 )
 
 // Kinds lists the public kinds in the order they depend on each other.
-var Kinds = []string{KindFabricInterconnects, KindHosts, KindPortProfiles, KindVMs}
+var Kinds = []string{KindFabricInterconnects, KindHosts, KindPortProfiles, KindVMs, KindAgents, KindMigrations}
 
 // Defaults applied when a field is left out (or zero).
 const (
@@ -29,6 +29,10 @@ const (
 	DefaultMaxPorts = 64
 	// DefaultMaxVNICs is the number of dynamic vNICs a VIC offers a host.
 	DefaultMaxVNICs = 256
+	// DefaultProbeRate is a VM's probe rate, frames/s to each peer.
+	DefaultProbeRate = 1000
+	// MaxProbeRate bounds it.
+	MaxProbeRate = 10_000_000
 	// DefaultMemMiB is a VM's memory when none is given.
 	DefaultMemMiB = 1024
 	// FirstVEth is the first vEth number the manager assigns; lower
@@ -79,6 +83,11 @@ type Host struct {
 	FI         string `json:"fi"`
 	ServerPort string `json:"server_port"` // FI port, e.g. "Ethernet1/1"
 	MaxVNICs   int    `json:"max_vnics"`   // dynamic vNICs the adapter offers
+	// The host's cable to its FI server port, when FI and host run as
+	// agents: UDP datagrams between UplinkAddr (the host's end) and FIAddr
+	// (the FI's end), each "ip:port".
+	UplinkAddr string `json:"uplink_addr,omitempty"`
+	FIAddr     string `json:"fi_addr,omitempty"`
 }
 
 // FabricInterconnect is an FI that hosts connect to.
@@ -98,8 +107,16 @@ type VM struct {
 	MemMiB      int    `json:"mem_mib"`
 	// VEth is assigned by the manager at creation and never changes or is
 	// reused (DESIGN §4.2: the vEth is the VM's).
-	VEth          int    `json:"veth,omitempty"`
+	VEth int `json:"veth,omitempty"`
+	// Vif is assigned by the manager at creation: the vif of the VM's
+	// dynamic vNIC on whichever host carries it.
+	Vif           int    `json:"vif,omitempty"`
 	ModeRequested string `json:"mode_requested"`
+	// The probe workload: frames/s to each peer (the VMs of its VLAN when
+	// it boots), frame length, and whether it sends.
+	ProbeRate     int  `json:"probe_rate"`
+	ProbeFrameLen int  `json:"probe_frame_len"`
+	Traffic       bool `json:"traffic"`
 }
 
 // object is what the generic handlers need of each kind.
@@ -267,6 +284,14 @@ func (h *Host) normalize() error {
 	if h.MaxVNICs == 0 {
 		h.MaxVNICs = DefaultMaxVNICs
 	}
+	for _, a := range []struct{ field, v string }{{"uplink_addr", h.UplinkAddr}, {"fi_addr", h.FIAddr}} {
+		if a.v == "" {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(a.v); err != nil || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			return badRequest(fmt.Sprintf("%s %q is not one ip:port", a.field, a.v), `give an address such as "127.0.0.1:47001"`)
+		}
+	}
 	if h.MaxVNICs < 1 || h.MaxVNICs > MaxMaxVNICs {
 		return badRequest(fmt.Sprintf("max_vnics %d is out of range", h.MaxVNICs),
 			fmt.Sprintf("use 1..%d, or leave it out for %d", MaxMaxVNICs, DefaultMaxVNICs))
@@ -314,6 +339,18 @@ func (v *VM) normalize() error {
 	}
 	if v.MemMiB < 1 || v.MemMiB > MaxMemMiB {
 		return badRequest(fmt.Sprintf("mem_mib %d is out of range", v.MemMiB), fmt.Sprintf("use 1..%d", MaxMemMiB))
+	}
+	if v.ProbeRate == 0 {
+		v.ProbeRate = DefaultProbeRate
+	}
+	if v.ProbeRate < 1 || v.ProbeRate > MaxProbeRate {
+		return badRequest(fmt.Sprintf("probe_rate %d is out of range", v.ProbeRate), fmt.Sprintf("use 1..%d frames/s per peer", MaxProbeRate))
+	}
+	if v.ProbeFrameLen == 0 {
+		v.ProbeFrameLen = 64
+	}
+	if v.ProbeFrameLen < 64 || v.ProbeFrameLen > 1518 {
+		return badRequest(fmt.Sprintf("probe_frame_len %d is out of range", v.ProbeFrameLen), "use 64..1518 bytes")
 	}
 	if v.ModeRequested == "" {
 		v.ModeRequested = "direct"

@@ -84,6 +84,10 @@ func (s *Server) specs() []*kindSpec {
 		{kind: KindVMs, noun: "VM", newObj: func() object { return new(VM) },
 			check: s.checkVM, assign: s.assignVEth,
 			checkDelete: func(context.Context, object) error { return nil }},
+		{kind: KindAgents, noun: "agent", newObj: func() object { return new(Agent) },
+			check: s.checkAgent, checkDelete: func(context.Context, object) error { return nil }},
+		{kind: KindMigrations, noun: "migration", newObj: func() object { return new(Migration) },
+			check: s.checkMigration, checkDelete: func(context.Context, object) error { return nil }},
 	}
 }
 

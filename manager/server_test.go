@@ -218,7 +218,7 @@ func TestRejectedRequests(t *testing.T) {
 		{"vm duplicate mac", "POST", "/api/v1/vms", vm("v", "esx2", "web", "00:25:B5:00:00:01"), 409, "already used by VM vm1"},
 		{"vm bad ip", "POST", "/api/v1/vms", `{"name":"v","host":"esx2","port_profile":"web","mac":"00:25:b5:00:00:09","ip":"10.0.0.300"}`, 400, "not an IP address"},
 		{"vm bad mode", "POST", "/api/v1/vms", `{"name":"v","host":"esx2","port_profile":"web","mac":"00:25:b5:00:00:09","mode_requested":"fast"}`, 400, "mode_requested"},
-		{"vm sets veth", "POST", "/api/v1/vms", `{"name":"v","host":"esx2","port_profile":"web","mac":"00:25:b5:00:00:09","veth":5}`, 400, "veth is assigned by the manager"},
+		{"vm sets veth", "POST", "/api/v1/vms", `{"name":"v","host":"esx2","port_profile":"web","mac":"00:25:b5:00:00:09","veth":5}`, 400, "veth and vif are assigned by the manager"},
 		{"vm duplicate", "POST", "/api/v1/vms", vm("vm1", "esx2", "web", "00:25:b5:00:00:09"), 409, `VM "vm1" already exists`},
 		{"max_ports reached", "POST", "/api/v1/vms", vm("v", "esx1", "small", "00:25:b5:00:00:09"), 409, "all its max_ports (1) in use, by VMs vm2"},
 	}

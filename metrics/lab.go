@@ -17,7 +17,7 @@ import (
 // runs between scrapes. Every counter it reads is one the lab already keeps
 // (atomics in the FI, the adapters and guest memory).
 type LabCollector struct {
-	lab *lab.Lab
+	src Source
 
 	vethFrames, vethBytes, vethDrops *prometheus.Desc
 	fiDrops                          *prometheus.Desc
@@ -27,14 +27,37 @@ type LabCollector struct {
 	guestFrames, guestLost           *prometheus.Desc
 }
 
+// Source is what a LabCollector reads: a whole lab in one process, or the
+// part of the fabric one agent runs (an FI agent has no hosts, a host
+// agent no FI).
+type Source interface {
+	FI() *fabric.FI // nil if this process runs no FI
+	Hosts() []*lab.Host
+	// Views and Stats read the VMs consistently with migrations (see
+	// lab.Lab.Views).
+	Views() []lab.VMView
+	Stats() map[uint32]guest.TrafficStats
+}
+
+// labSource is the Source of a whole lab.
+type labSource struct{ l *lab.Lab }
+
+func (s labSource) FI() *fabric.FI                       { return s.l.FI }
+func (s labSource) Hosts() []*lab.Host                   { return s.l.Hosts() }
+func (s labSource) Views() []lab.VMView                  { return s.l.Views() }
+func (s labSource) Stats() map[uint32]guest.TrafficStats { return s.l.Stats() }
+
 // NewLabCollector returns a collector for l; register it with a
 // prometheus.Registry.
-func NewLabCollector(l *lab.Lab) *LabCollector {
+func NewLabCollector(l *lab.Lab) *LabCollector { return NewCollector(labSource{l}) }
+
+// NewCollector returns a collector for src.
+func NewCollector(src Source) *LabCollector {
 	d := func(sub, name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, sub, name), help, labels, nil)
 	}
 	return &LabCollector{
-		lab:          l,
+		src:          src,
 		vethFrames:   d(subsystemFI, "veth_frames_total", "Frames the FI received from (ingress) or sent towards (egress) the VM of a vEth.", "veth", "direction"),
 		vethBytes:    d(subsystemFI, "veth_bytes_total", "Bytes, without the VN-Tag, the FI received from (ingress) or sent towards (egress) the VM of a vEth.", "veth", "direction"),
 		vethDrops:    d(subsystemFI, "veth_drops_total", "Frames of a vEth the FI dropped, by reason.", "veth", "reason"),
@@ -72,22 +95,24 @@ func (c *LabCollector) Collect(ch chan<- prometheus.Metric) {
 	// The FI keeps every vEth's counters in the vEth object and reads them
 	// under its own lock, so a rebinding during a migration neither resets
 	// nor tears them.
-	for _, v := range c.lab.FI.VEths() {
-		k := v.Counters
-		counter(c.vethFrames, k.IngressFrames, v.Name, "ingress")
-		counter(c.vethFrames, k.EgressFrames, v.Name, "egress")
-		counter(c.vethBytes, k.IngressBytes, v.Name, "ingress")
-		counter(c.vethBytes, k.EgressBytes, v.Name, "egress")
-		for r, n := range k.Drops {
-			counter(c.vethDrops, n, v.Name, fabric.DropReason(r).String())
+	if fi := c.src.FI(); fi != nil {
+		for _, v := range fi.VEths() {
+			k := v.Counters
+			counter(c.vethFrames, k.IngressFrames, v.Name, "ingress")
+			counter(c.vethFrames, k.EgressFrames, v.Name, "egress")
+			counter(c.vethBytes, k.IngressBytes, v.Name, "ingress")
+			counter(c.vethBytes, k.EgressBytes, v.Name, "egress")
+			for r, n := range k.Drops {
+				counter(c.vethDrops, n, v.Name, fabric.DropReason(r).String())
+			}
 		}
-	}
-	for r, n := range c.lab.FI.Stats().Drops {
-		counter(c.fiDrops, n, fabric.DropReason(r).String())
+		for r, n := range fi.Stats().Drops {
+			counter(c.fiDrops, n, fabric.DropReason(r).String())
+		}
 	}
 
 	hosts := make(map[string]*lab.Host)
-	for _, h := range c.lab.Hosts() {
+	for _, h := range c.src.Hosts() {
 		hosts[h.Name] = h
 		dr := h.Adapter.Drops()
 		for _, r := range []struct {
@@ -109,7 +134,7 @@ func (c *LabCollector) Collect(ch chan<- prometheus.Metric) {
 	// that host's adapter (a lock-free map) rather than through the VM's
 	// fields, which a migration rewrites. A vif that vanished in between
 	// (a migration rolled back) is skipped for this scrape.
-	views := c.lab.Views()
+	views := c.src.Views()
 	names := make(map[uint32]string, len(views))
 	for _, v := range views {
 		names[v.ID] = v.Name
@@ -133,11 +158,17 @@ func (c *LabCollector) Collect(ch chan<- prometheus.Metric) {
 
 	// Stats reads every VM's traffic counters under the lab's lock; they
 	// live in guest memory, which moves with the VM, so they never go back.
-	for _, p := range guest.Reconcile(c.lab.Stats()).Pairs {
-		src, dst := vmName(names, p.Src), vmName(names, p.Dst)
-		counter(c.guestFrames, p.Sent, src, dst, "sent")
-		counter(c.guestFrames, p.Unique, dst, src, "received")
-		gauge(c.guestLost, float64(p.Lost), src, dst)
+	// Each VM's own counts of what it sent to and received from each
+	// peer; "lost" needs both ends, so only pairs this process runs.
+	stats := c.src.Stats()
+	for id, st := range stats {
+		for _, p := range st.Peers {
+			counter(c.guestFrames, p.Sent.Frames, vmName(names, id), vmName(names, p.VM), "sent")
+			counter(c.guestFrames, p.Received.Unique, vmName(names, id), vmName(names, p.VM), "received")
+		}
+	}
+	for _, p := range guest.Reconcile(stats).Pairs {
+		gauge(c.guestLost, float64(p.Lost), vmName(names, p.Src), vmName(names, p.Dst))
 	}
 }
 

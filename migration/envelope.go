@@ -204,15 +204,25 @@ type VMSpec struct {
 	MemSize uint64 // guest memory bytes
 	MAC     wire.MAC
 	Driver  guest.DriverConfig
+	// Config is the hypervisor's configuration of the VM (its workload and
+	// fabric identity), opaque here, as a VM's configuration file travels
+	// with it in a vMotion. At most MaxConfigLen bytes.
+	Config string
 }
 
 // MaxNameLen bounds VMSpec.Name.
 const MaxNameLen = 255
 
+// MaxConfigLen bounds VMSpec.Config.
+const MaxConfigLen = 60 << 10
+
 // Validate checks that a destination can build the VM spec describes.
 func (s *VMSpec) Validate() error {
 	if s.Name == "" || len(s.Name) > MaxNameLen {
 		return fmt.Errorf("%w: VM name of %d bytes (1..%d)", ErrMalformed, len(s.Name), MaxNameLen)
+	}
+	if len(s.Config) > MaxConfigLen {
+		return fmt.Errorf("%w: VM configuration of %d bytes (at most %d)", ErrMalformed, len(s.Config), MaxConfigLen)
 	}
 	if s.MemSize == 0 || s.MemSize%mem.PageSize != 0 || s.MemSize > mem.MaxSize {
 		return fmt.Errorf("%w: memory size %d", ErrMalformed, s.MemSize)
@@ -259,6 +269,7 @@ func EncodeVMSpec(s VMSpec) ([]byte, error) {
 	e.u32(c.MTU)
 	e.bool(c.Polling)
 	e.u64(c.Base)
+	e.str(s.Config)
 	return Seal(nil, KindVMSpec, e.b)
 }
 
@@ -282,6 +293,7 @@ func DecodeVMSpec(env []byte) (VMSpec, error) {
 	c.MTU = d.u32()
 	c.Polling = d.bool()
 	c.Base = d.u64()
+	s.Config = d.str()
 	if err := d.finish(); err != nil {
 		return VMSpec{}, err
 	}

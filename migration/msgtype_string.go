@@ -17,11 +17,12 @@ func _() {
 	_ = x[MsgCommit-7]
 	_ = x[MsgAck-8]
 	_ = x[MsgAbort-9]
+	_ = x[MsgDirect-10]
 }
 
-const _MsgType_name = "HelloPagesRoundEndDeviceStateVCPUReadyCommitAckAbort"
+const _MsgType_name = "HelloPagesRoundEndDeviceStateVCPUReadyCommitAckAbortDirect"
 
-var _MsgType_index = [...]uint8{0, 5, 10, 18, 29, 33, 38, 44, 47, 52}
+var _MsgType_index = [...]uint8{0, 5, 10, 18, 29, 33, 38, 44, 47, 52, 58}
 
 func (i MsgType) String() string {
 	idx := int(i) - 1

@@ -55,7 +55,7 @@ const (
 	pageEntry  = 8 + mem.PageSize
 	roundEndSz = 4 + 8 + 8 + 1
 	maxPagesSz = 4 + MaxBatchPages*pageEntry
-	maxHelloSz = 2 + envelopeMin + 4096
+	maxHelloSz = 2 + envelopeMin + 4096 + MaxConfigLen
 	maxVCPUSz  = envelopeMin + 64
 )
 
@@ -75,6 +75,9 @@ const (
 	MsgCommit
 	MsgAck
 	MsgAbort
+	// MsgDirect: the destination runs the VM on its adapter again, the
+	// migration's last step after the commit.
+	MsgDirect
 )
 
 // maxBody is the largest body a message of type t may have, 0 for no valid
@@ -91,7 +94,7 @@ func maxBody(t MsgType) int {
 		return -1
 	case MsgVCPU:
 		return maxVCPUSz
-	case MsgReady, MsgCommit:
+	case MsgReady, MsgCommit, MsgDirect:
 		return 0
 	case MsgAck:
 		return 1
@@ -211,7 +214,7 @@ func (w *Writer) Write(m *Msg) error {
 		tail = m.Envelope
 	case MsgVCPU:
 		tail = m.Envelope
-	case MsgReady, MsgCommit:
+	case MsgReady, MsgCommit, MsgDirect:
 	case MsgAck:
 		s = append(s, byte(m.Of))
 	case MsgAbort:
@@ -366,7 +369,7 @@ func (r *Reader) parse(t MsgType, b []byte) error {
 		m.Envelope = b[2:]
 	case MsgVCPU:
 		m.Envelope = b
-	case MsgReady, MsgCommit:
+	case MsgReady, MsgCommit, MsgDirect:
 		if len(b) != 0 {
 			return bad("%d bytes", len(b))
 		}
@@ -661,7 +664,7 @@ func (c *Conn) returnPath() {
 			c.interrupt(ae)
 			c.rp.err = ae
 			return
-		case MsgAck, MsgReady:
+		case MsgAck, MsgReady, MsgDirect:
 			select {
 			case c.rp.msgs <- *m:
 				continue

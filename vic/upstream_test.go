@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -57,7 +58,12 @@ func TestUpstreamTagging(t *testing.T) {
 					return
 				}
 			}
+			// The tx engine counts a batch once the uplink's Send returns,
+			// which may be after the reader took its frames.
 			st := g.vnic.Stats()
+			for deadline := time.Now().Add(time.Minute); st.TxInFlight != 0 && time.Now().Before(deadline); st = g.vnic.Stats() {
+				time.Sleep(time.Millisecond)
+			}
 			if st.TxFrames != n || st.TxDropped != 0 {
 				t.Errorf("vNIC stats %+v, want TxFrames %d and no drops", st, n)
 			}

@@ -44,6 +44,6 @@ func newFICmd() *cobra.Command {
 			return o.deleted(cmd.OutOrStdout(), "fi", args[0])
 		},
 	}
-	cmd.AddCommand(create, del)
+	cmd.AddCommand(create, del, newFIRunCmd(&o))
 	return cmd
 }

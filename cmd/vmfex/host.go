@@ -37,6 +37,8 @@ func newHostCmd() *cobra.Command {
 	f.StringVar(&h.FI, "fi", "", "Fabric Interconnect the host is cabled to")
 	f.StringVar(&h.ServerPort, "server-port", "", "FI server port of the host, e.g. Ethernet1/1")
 	f.IntVar(&h.MaxVNICs, "max-vnics", 0, "dynamic vNICs the host's adapter offers (default 256)")
+	f.StringVar(&h.UplinkAddr, "uplink-addr", "", "the host's end of its UDP cable to the FI, ip:port (for vmfex host run)")
+	f.StringVar(&h.FIAddr, "fi-addr", "", "the FI's end of that cable, ip:port (for vmfex fi run)")
 	create.MarkFlagRequired("fi")
 	create.MarkFlagRequired("server-port")
 
@@ -55,6 +57,6 @@ func newHostCmd() *cobra.Command {
 			return o.deleted(cmd.OutOrStdout(), "host", args[0])
 		},
 	}
-	cmd.AddCommand(create, del)
+	cmd.AddCommand(create, del, newHostRunCmd(&o))
 	return cmd
 }

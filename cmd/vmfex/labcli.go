@@ -7,8 +7,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -73,7 +75,14 @@ func newVNICCmd() *cobra.Command {
 				return err
 			}
 			var res modeResult
-			if err := c.Do(cmd.Context(), "POST", "/api/v1/vms/"+url.PathEscape(args[0])+"/mode", modeRequest{Mode: args[1]}, &res); err != nil {
+			err = c.Do(cmd.Context(), "POST", "/api/v1/vms/"+url.PathEscape(args[0])+"/mode", modeRequest{Mode: args[1]}, &res)
+			var ce *client.Error
+			if errors.As(err, &ce) && ce.Status == http.StatusNotFound && strings.HasPrefix(ce.Message, "no endpoint") {
+				// Not a lab but the manager: the mode is desired state,
+				// and the VM's host agent applies it.
+				return managerVNICMode(cmd, c, &o, args[0], args[1])
+			}
+			if err != nil {
 				return err
 			}
 			if o.output == "json" {
@@ -111,7 +120,8 @@ migration rolled back (the VM still runs on its source host) or failed.`,
 			if err != nil {
 				return err
 			}
-			return vmotion(cmd.Context(), cmd.OutOrStdout(), c, &o, migrationRequest{VM: args[0], To: to, Transport: transport})
+			name := fmt.Sprintf("%s-%d", args[0], time.Now().UnixMilli())
+			return vmotion(cmd.Context(), cmd.OutOrStdout(), c, &o, migrationRequest{Name: name, VM: args[0], To: to, Transport: transport})
 		},
 	}
 	addLabClientFlags(cmd, &o)
@@ -128,7 +138,7 @@ func vmotion(ctx context.Context, w io.Writer, c *client.Client, o *clientOpts, 
 	}
 	table := o.output != "json"
 	if table {
-		fmt.Fprintf(w, "vmotion %s: %s -> %s over %s (migration %d)\n", j.VM, j.From, j.To, j.Transport, j.ID)
+		fmt.Fprintf(w, "vmotion %s: %s -> %s over %s (migration %s)\n", j.VM, j.From, j.To, orDash(j.Transport), j.Name)
 	}
 	printed := 0
 	tick := time.NewTicker(pollInterval)
@@ -139,33 +149,33 @@ func vmotion(ctx context.Context, w io.Writer, c *client.Client, o *clientOpts, 
 				fmt.Fprintln(w, phaseLine(j.Phases[printed].Name, j.Phases[printed].EndUs))
 			}
 		}
-		if j.State != jobRunning {
+		if j.Done() {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stopped following migration %d, which goes on in the lab: %w; follow it with vmfex show migration %d", j.ID, ctx.Err(), j.ID)
+			return fmt.Errorf("stopped following migration %s, which goes on: %w; follow it with vmfex show migration %s", j.Name, ctx.Err(), j.Name)
 		case <-tick.C:
 		}
-		if err := c.Get(ctx, "migrations", strconv.Itoa(j.ID), &j); err != nil {
-			return fmt.Errorf("follow migration %d: %w", j.ID, err)
+		if err := c.Get(ctx, "migrations", j.Name, &j); err != nil {
+			return fmt.Errorf("follow migration %s: %w", j.Name, err)
 		}
 	}
 	if !table {
 		if err := printJSON(w, j); err != nil {
 			return err
 		}
-	} else if j.State == jobCompleted {
+	} else if j.State == manager.MigrationSucceeded {
 		fmt.Fprintf(w, "%s now runs on %s: total %.2f ms, downtime %.2f ms, %d pre-copy rounds, %s transferred\n",
 			j.VM, j.To, j.TotalMs, j.DowntimeMs, j.PrecopyRounds, mib(j.BytesTransferred))
 	}
 	switch j.State {
-	case jobCompleted:
+	case manager.MigrationSucceeded:
 		return nil
-	case jobRolledBack:
-		return fmt.Errorf("migration %d rolled back; %s still runs on %s: %s", j.ID, j.VM, j.From, j.Error)
+	case manager.MigrationRolledBack:
+		return fmt.Errorf("migration %s rolled back; %s still runs on %s: %s", j.Name, j.VM, j.From, j.Error)
 	default:
-		return fmt.Errorf("migration %d %s: %s; see vmfex show migration %d and the lab's log", j.ID, j.State, j.Error, j.ID)
+		return fmt.Errorf("migration %s %s: %s; see vmfex show migration %s and the agents' logs", j.Name, j.State, j.Error, j.Name)
 	}
 }
 
@@ -197,10 +207,8 @@ func withShowMigration(show *cobra.Command) *cobra.Command {
 }
 
 func showMigrations(cmd *cobra.Command, o *clientOpts, args []string) error {
-	if len(args) == 1 {
-		if n, err := strconv.Atoi(args[0]); err != nil || n < 1 {
-			return fmt.Errorf("%q is not a migration ID; give its number, e.g. 1 (vmfex show migration lists them)", args[0])
-		}
+	if len(args) == 1 && !manager.ValidName(args[0]) {
+		return fmt.Errorf("%q is not a migration ID; vmfex show migration lists them", args[0])
 	}
 	c, err := o.labConnect()
 	if err != nil {
@@ -229,7 +237,7 @@ func showMigrations(cmd *cobra.Command, o *clientOpts, args []string) error {
 	}
 	var rows [][]string
 	for _, j := range jobs {
-		rows = append(rows, []string{strconv.Itoa(j.ID), j.VM, j.From, j.To, j.Transport, j.State,
+		rows = append(rows, []string{j.Name, j.VM, j.From, j.To, orDash(j.Transport), j.State,
 			fmt.Sprintf("%.2f", j.TotalMs), fmt.Sprintf("%.2f", j.DowntimeMs), strconv.Itoa(j.PrecopyRounds),
 			mib(j.BytesTransferred), orDash(j.Error)})
 	}
@@ -237,8 +245,8 @@ func showMigrations(cmd *cobra.Command, o *clientOpts, args []string) error {
 }
 
 func showMigration(w io.Writer, j migrationJob) error {
-	fmt.Fprintf(w, "Migration %d: %s %s -> %s over %s, %s\n", j.ID, j.VM, j.From, j.To, j.Transport, j.State)
-	if j.State != jobRunning {
+	fmt.Fprintf(w, "Migration %s: %s %s -> %s over %s, %s\n", j.Name, j.VM, j.From, j.To, orDash(j.Transport), j.State)
+	if j.Done() {
 		fmt.Fprintf(w, "  total %.2f ms, downtime %.2f ms, %d pre-copy rounds, %s transferred\n",
 			j.TotalMs, j.DowntimeMs, j.PrecopyRounds, mib(j.BytesTransferred))
 	}
@@ -256,4 +264,54 @@ func showMigration(w io.Writer, j migrationJob) error {
 		return err
 	}
 	return table(w, []string{"Phase", "Start(ms)", "End(ms)", "Duration(ms)"}, rows)
+}
+
+// managerVNICMode sets the VM's requested mode in the manager and waits
+// until its host agent reports the VM in the mode it gets.
+func managerVNICMode(cmd *cobra.Command, c *client.Client, o *clientOpts, name, mode string) error {
+	ctx := cmd.Context()
+	var v manager.VM
+	if err := c.Get(ctx, manager.KindVMs, name, &v); err != nil {
+		return err
+	}
+	prev := v.ModeRequested
+	v.ModeRequested = mode
+	if err := c.Update(ctx, manager.KindVMs, name, &v, &v); err != nil {
+		return err
+	}
+	var pp manager.PortProfile
+	if err := c.Get(ctx, manager.KindPortProfiles, v.PortProfile, &pp); err != nil {
+		return err
+	}
+	want := mode
+	if mode == "direct" && !pp.HighPerformance {
+		want = "emulated"
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		l, err := fetchLive(ctx, c)
+		if err != nil {
+			return err
+		}
+		st, oper, host := l.vmState(v)
+		if st == "running" && oper == want {
+			if o.output == "json" {
+				return printJSON(cmd.OutOrStdout(), vmRow{VM: v, State: st, OperMode: oper})
+			}
+			note := ""
+			if want != mode {
+				note = " (port profile " + pp.Name + " is not high-performance)"
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s: vNIC mode %s -> %s; %s runs it %s%s\n", name, prev, mode, host, oper, note)
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: mode %s requested, but its host's agent reports it %s, %s after a minute; is vmfex host run %s running?", name, mode, st, oper, v.Host)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -268,35 +268,16 @@ type modeResult struct {
 }
 
 type migrationRequest struct {
+	Name      string `json:"name,omitempty"` // the manager needs one; the lab numbers its own
 	VM        string `json:"vm"`
 	To        string `json:"to"`
 	Transport string `json:"transport,omitempty"` // tcp (default) | pipe
 }
 
-// Migration job states.
-const (
-	jobRunning    = "running"
-	jobCompleted  = "completed"
-	jobRolledBack = "rolled-back"
-	jobFailed     = "failed"
-)
-
-// migrationJob is one migration as the API reports it.
-type migrationJob struct {
-	ID               int                  `json:"id"`
-	State            string               `json:"state"`
-	VM               string               `json:"vm"`
-	From             string               `json:"from"`
-	To               string               `json:"to"`
-	Transport        string               `json:"transport"`
-	StartedAt        time.Time            `json:"started_at"`
-	Phases           []lab.MigrationPhase `json:"phases"` // those done so far
-	TotalMs          float64              `json:"total_ms"`
-	DowntimeMs       float64              `json:"downtime_ms"`
-	PrecopyRounds    int                  `json:"precopy_rounds"`
-	BytesTransferred uint64               `json:"bytes_transferred"`
-	Error            string               `json:"error,omitempty"`
-}
+// migrationJob is one migration as the API reports it: the manager's
+// shape, so that vmotion and show migration work against both. The lab
+// names its migrations 1, 2, ...
+type migrationJob = manager.Migration
 
 // labAPI serves the lab API.
 type labAPI struct {
@@ -313,7 +294,7 @@ type labAPI struct {
 	// a mode switch and a migration of the same VM would fight over its
 	// device, so each refuses while the other runs.
 	mu        sync.Mutex
-	jobs      []*migrationJob // jobs[i].ID == i+1
+	jobs      []*migrationJob // jobs[i].Name == i+1
 	migrating bool
 	switching map[string]bool // VMs with a mode switch in progress
 
@@ -498,7 +479,7 @@ func (a *labAPI) snapshot(j *migrationJob) migrationJob {
 	c := *j
 	c.Phases = slices.Clone(j.Phases)
 	if c.Phases == nil {
-		c.Phases = []lab.MigrationPhase{}
+		c.Phases = []manager.MigrationPhase{}
 	}
 	return c
 }
@@ -560,7 +541,7 @@ func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
 	if a.migrating {
 		running := a.jobs[len(a.jobs)-1]
 		a.mu.Unlock()
-		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("migration %d (%s to %s) is still running", running.ID, running.VM, running.To),
+		manager.WriteError(w, http.StatusConflict, fmt.Sprintf("migration %s (%s to %s) is still running", running.Name, running.VM, running.To),
 			"one migration at a time; wait until it ends (vmfex show migration) and retry")
 		return
 	}
@@ -576,8 +557,8 @@ func (a *labAPI) startMigration(w http.ResponseWriter, r *http.Request) {
 			"choose another host: "+strings.Join(slices.DeleteFunc(hosts, func(h string) bool { return h == req.To }), ", "))
 		return
 	}
-	j := &migrationJob{ID: len(a.jobs) + 1, State: jobRunning, VM: req.VM, From: v.Host, To: req.To,
-		Transport: string(tr), StartedAt: time.Now().UTC()}
+	j := &migrationJob{Name: strconv.Itoa(len(a.jobs) + 1), State: manager.MigrationRunning, VM: req.VM, From: v.Host, To: req.To,
+		Transport: string(tr), CreatedUnixMs: time.Now().UnixMilli()}
 	a.jobs = append(a.jobs, j)
 	a.migrating = true
 	res := a.snapshot(j)
@@ -593,23 +574,26 @@ func (a *labAPI) migrate(j *migrationJob, tr lab.Transport) {
 	rep, err := a.lab.MigrateWith(a.ctx, j.VM, j.To, lab.MigrateOptions{Transport: tr,
 		Progress: func(p lab.MigrationPhase) {
 			a.mu.Lock()
-			j.Phases = append(j.Phases, p)
+			j.Phases = append(j.Phases, manager.MigrationPhase(p))
 			a.mu.Unlock()
 		}})
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.migrating = false
 	if len(rep.Phases) >= len(j.Phases) {
-		j.Phases = rep.Phases
+		j.Phases = j.Phases[:0]
+		for _, p := range rep.Phases {
+			j.Phases = append(j.Phases, manager.MigrationPhase(p))
+		}
 	}
 	j.TotalMs, j.DowntimeMs, j.PrecopyRounds, j.BytesTransferred = rep.TotalMs, rep.DowntimeMs, rep.PrecopyRounds, rep.BytesTransferred
 	switch {
 	case err == nil:
-		j.State = jobCompleted
+		j.State = manager.MigrationSucceeded
 	case errors.Is(err, lab.ErrRolledBack):
-		j.State, j.Error = jobRolledBack, err.Error()
+		j.State, j.Error = manager.MigrationRolledBack, err.Error()
 	default:
-		j.State, j.Error = jobFailed, err.Error()
+		j.State, j.Error = manager.MigrationFailed, err.Error()
 	}
 	a.migrations.Observe(rep, j.State)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmfex/vmfex/lab"
+	"github.com/vmfex/vmfex/manager"
 )
 
 // labCLI runs one vmfex command line through cobra with the lab commands
@@ -158,11 +159,11 @@ func TestLabEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(run("show", "migration", "-o", "json")), &jobs); err != nil {
 		t.Fatal(err)
 	}
-	if len(jobs) != 1 || jobs[0].State != jobCompleted || jobs[0].From != "esx1" || jobs[0].To != "esx2" ||
+	if len(jobs) != 1 || jobs[0].State != manager.MigrationSucceeded || jobs[0].From != "esx1" || jobs[0].To != "esx2" ||
 		len(jobs[0].Phases) != 7 || jobs[0].BytesTransferred == 0 || jobs[0].Transport != "tcp" {
 		t.Errorf("show migration -o json: %+v", jobs)
 	}
-	if out := run("show", "migration"); !strings.Contains(out, "completed") || !strings.Contains(out, "Downtime(ms)") {
+	if out := run("show", "migration"); !strings.Contains(out, "succeeded") || !strings.Contains(out, "Downtime(ms)") {
 		t.Errorf("show migration:\n%s", out)
 	}
 	if out := run("show", "migration", "1"); !strings.Contains(out, "emulated_to_vic") || !strings.Contains(out, "Duration(ms)") {

@@ -16,7 +16,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemoCmd(), newBenchCmd(), newManagerCmd(), newPortProfileCmd(), newHostCmd(), newFICmd(), newVMCmd(), withShowMigration(newShowCmd()), newLabCmd(), newVNICCmd(), newVMotionCmd())
+	root.AddCommand(newDemoCmd(), newBenchCmd(), newManagerCmd(), newPortProfileCmd(), newHostCmd(), newFICmd(), newVMCmd(), withShowMigration(newShowCmd()), newLabCmd(), newVNICCmd(), newVMotionCmd(), newTrafficCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vmfex:", err)
 		os.Exit(1)

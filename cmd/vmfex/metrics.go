@@ -44,6 +44,14 @@ func serveLabMetrics(out io.Writer, l *lab.Lab, migrations *metrics.MigrationObs
 	return serveMetrics(out, "lab", addr, reg)
 }
 
+// serveAgentMetrics serves an agent's fabric counters on addr
+// (--metrics-listen), if given.
+func serveAgentMetrics(out io.Writer, who string, src metrics.Source, addr string) (stop func()) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(src))
+	return serveMetrics(out, who, addr, reg)
+}
+
 // serveManagerMetrics serves st's object counts and revision on addr
 // (--metrics-listen), if given. Call the returned function to stop serving.
 func serveManagerMetrics(out io.Writer, st store.Store, addr string) (stop func()) {

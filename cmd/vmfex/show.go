@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/manager"
 	"github.com/vmfex/vmfex/manager/client"
 )
@@ -33,7 +34,7 @@ func newShowCmd() *cobra.Command {
 		&cobra.Command{
 			Use:     "vm [NAME]",
 			Aliases: []string{"vms"},
-			Short:   "VMs: host, port profile, vEth, MAC, IP, requested mode",
+			Short:   "VMs: host, port profile, vEth, MAC, IP, requested mode, and state as their host agents report it",
 			Args:    cobra.MaximumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return showVMs(cmd, &o, args)
@@ -50,6 +51,7 @@ func newShowCmd() *cobra.Command {
 			},
 		},
 	)
+	withShowMAC(cmd, &o)
 	return cmd
 }
 
@@ -109,20 +111,47 @@ func showVMs(cmd *cobra.Command, o *clientOpts, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := fetch(cmd.Context(), c, false, true)
+	s, err := fetch(cmd.Context(), c, true, true)
 	if err != nil {
 		return err
 	}
 	s.vms, err = selectNamed(s.vms, func(v manager.VM) string { return v.Name }, args, "VM", "vm")
-	if err != nil || o.output == "json" {
-		return jsonOr(cmd, err, s.vms, args)
+	if err != nil {
+		return err
+	}
+	l, err := fetchLive(cmd.Context(), c)
+	if err != nil {
+		return err
+	}
+	var out []vmRow
+	for _, v := range s.vms {
+		st, mode, host := l.vmState(v)
+		if st == "running" {
+			v.Host = host // where it runs, while a move is being recorded
+		}
+		r := vmRow{VM: v, State: st, OperMode: mode}
+		if i := slices.IndexFunc(s.profiles, func(p manager.PortProfile) bool { return p.Name == v.PortProfile }); i >= 0 &&
+			v.ModeRequested == "direct" && !s.profiles[i].HighPerformance {
+			// As UCS Manager does: a vNIC asks for VMDirectPath, its
+			// profile decides.
+			r.ModeReason = "port profile " + v.PortProfile + " is not high-performance"
+		}
+		out = append(out, r)
+	}
+	if o.output == "json" {
+		return jsonOr(cmd, nil, out, args)
 	}
 	var rows [][]string
-	for _, v := range s.vms {
+	for _, r := range out {
+		v := r.VM
+		oper := r.OperMode
+		if r.ModeReason != "" && oper == "emulated" {
+			oper += " (" + r.ModeReason + ")"
+		}
 		rows = append(rows, []string{v.Name, v.Host, v.PortProfile, vethName(v.VEth), v.MAC, orDash(v.IP),
-			strconv.Itoa(v.MemMiB), v.ModeRequested})
+			strconv.Itoa(v.MemMiB), v.ModeRequested, r.State, oper})
 	}
-	return table(cmd.OutOrStdout(), []string{"VM", "Host", "Port-Profile", "Interface", "MAC", "IP", "Mem(MiB)", "Mode"}, rows)
+	return table(cmd.OutOrStdout(), []string{"VM", "Host", "Port-Profile", "Interface", "MAC", "IP", "Mem(MiB)", "Mode", "State", "Oper-Mode"}, rows)
 }
 
 // vethRow is one vEth as show vethernet reports it.
@@ -134,6 +163,9 @@ type vethRow struct {
 	VLAN          string `json:"vlan"` // access VLAN, or the trunk's allowed VLANs
 	Host          string `json:"host"`
 	ModeRequested string `json:"mode_requested"`
+	// From the FI agent, when one reports the vEth.
+	State    string               `json:"state,omitempty"` // up or down
+	Counters *fabric.VEthCounters `json:"counters,omitempty"`
 }
 
 func vethName(n int) string { return "Veth" + strconv.Itoa(n) }
@@ -166,6 +198,10 @@ func showVEths(cmd *cobra.Command, o *clientOpts, args []string) error {
 	if err != nil {
 		return err
 	}
+	l, err := fetchLive(cmd.Context(), c)
+	if err != nil {
+		return err
+	}
 	profiles := map[string]manager.PortProfile{}
 	for _, p := range s.profiles {
 		profiles[p.Name] = p
@@ -182,8 +218,12 @@ func showVEths(cmd *cobra.Command, o *clientOpts, args []string) error {
 				vlan = "trunk " + vlan
 			}
 		}
-		rows = append(rows, vethRow{VEth: v.VEth, Interface: vethName(v.VEth), VM: v.Name, PortProfile: v.PortProfile,
-			VLAN: vlan, Host: v.Host, ModeRequested: v.ModeRequested})
+		r := vethRow{VEth: v.VEth, Interface: vethName(v.VEth), VM: v.Name, PortProfile: v.PortProfile,
+			VLAN: vlan, Host: v.Host, ModeRequested: v.ModeRequested}
+		if info, ok := l.veths[v.VEth]; ok {
+			r.State, r.Counters = info.State.String(), &info.Counters
+		}
+		rows = append(rows, r)
 	}
 	slices.SortFunc(rows, func(a, b vethRow) int { return a.VEth - b.VEth })
 	if want != 0 && len(rows) == 0 {
@@ -199,10 +239,24 @@ func showVEths(cmd *cobra.Command, o *clientOpts, args []string) error {
 		return printJSON(cmd.OutOrStdout(), rows)
 	}
 	var tr [][]string
+	withCounters := len(l.veths) > 0
 	for _, r := range rows {
-		tr = append(tr, []string{r.Interface, r.VM, r.PortProfile, r.VLAN, r.Host, r.ModeRequested})
+		row := []string{r.Interface, r.VM, r.PortProfile, r.VLAN, r.Host, r.ModeRequested}
+		if withCounters {
+			if r.Counters != nil {
+				row = append(row, r.State, strconv.FormatUint(r.Counters.IngressFrames, 10),
+					strconv.FormatUint(r.Counters.EgressFrames, 10), strconv.FormatUint(r.Counters.Drops.Total(), 10))
+			} else {
+				row = append(row, "-", "-", "-", "-")
+			}
+		}
+		tr = append(tr, row)
 	}
-	return table(cmd.OutOrStdout(), []string{"Interface", "VM", "Port-Profile", "VLAN", "Host", "Mode"}, tr)
+	header := []string{"Interface", "VM", "Port-Profile", "VLAN", "Host", "Mode"}
+	if withCounters {
+		header = append(header, "State", "In-Frames", "Out-Frames", "Drops")
+	}
+	return table(cmd.OutOrStdout(), header, tr)
 }
 
 func yesNo(b bool) string {

@@ -46,6 +46,9 @@ func newVMCmd() *cobra.Command {
 	f.StringVar(&v.IP, "ip", "", "IP address of the VM (informational)")
 	f.IntVar(&v.MemMiB, "mem-mib", 0, "memory in MiB (default 1024)")
 	f.StringVar(&v.ModeRequested, "mode", "", "direct (VMDirectPath on the adapter) or emulated (default direct)")
+	f.IntVar(&v.ProbeRate, "probe-rate", 0, "probe frames/s to each peer (default 1000)")
+	f.IntVar(&v.ProbeFrameLen, "probe-frame-len", 0, "probe frame length, 64..1518 (default 64)")
+	f.BoolVar(&v.Traffic, "traffic", false, "start the probes as the VM boots")
 	for _, n := range []string{"host", "port-profile", "mac"} {
 		create.MarkFlagRequired(n)
 	}

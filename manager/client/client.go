@@ -34,6 +34,7 @@ func (e *Error) Error() string {
 
 // Client talks to one manager.
 type Client struct {
+	what  string       // immutable; the service, in messages: "the manager"
 	base  string       // immutable; "http://host:port" without a trailing slash
 	token string       // immutable
 	hc    *http.Client // immutable
@@ -54,7 +55,18 @@ func New(server, token string) (*Client, error) {
 		Proxy:                 http.ProxyFromEnvironment,
 		ResponseHeaderTimeout: 30 * time.Second,
 	}}
-	return &Client{base: strings.TrimSuffix(u.String(), "/"), token: token, hc: hc}, nil
+	return &Client{what: "the manager", base: strings.TrimSuffix(u.String(), "/"), token: token, hc: hc}, nil
+}
+
+// NewService is New for another service that speaks the same JSON and
+// token conventions (an FI agent's control API); what names it in errors.
+func NewService(what, server, token string) (*Client, error) {
+	c, err := New(server, token)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	c.what = what
+	return c, nil
 }
 
 // do sends a request with body in (if not nil) and decodes the response
@@ -78,6 +90,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	res, err := c.hc.Do(req)
 	if err != nil {
+		if c.what != "the manager" {
+			return fmt.Errorf("cannot reach %s at %s: %w", c.what, c.base, err)
+		}
 		return fmt.Errorf("cannot reach the manager at %s: %w\n  hint: is vmfex manager running? set --server or VMFEX_SERVER", c.base, err)
 	}
 	defer res.Body.Close()
@@ -96,7 +111,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("manager sent an unexpected response to %s %s: %w", method, path, err)
+		return fmt.Errorf("%s sent an unexpected response to %s %s: %w", c.what, method, path, err)
 	}
 	return nil
 }

@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vmfex/vmfex/fabric"
+	"github.com/vmfex/vmfex/guest"
+	"github.com/vmfex/vmfex/lab"
+	"github.com/vmfex/vmfex/manager"
+	"github.com/vmfex/vmfex/manager/client"
+	"github.com/vmfex/vmfex/metrics"
+)
+
+func slicesSort(s []string) { sort.Strings(s) }
+
+// HostStatus is what a host agent reports.
+type HostStatus struct {
+	ServerPort string     `json:"server_port"`
+	VMs        []vmReport `json:"vms"`
+}
+
+type vmReport struct {
+	Name    string             `json:"name"`
+	VEth    uint32             `json:"veth"`
+	Vif     uint16             `json:"vif"`
+	Mode    string             `json:"mode"`
+	Traffic guest.TrafficStats `json:"traffic"`
+}
+
+// HostStatusOf decodes a host agent's status.
+func HostStatusOf(a manager.Agent) (HostStatus, error) {
+	var st HostStatus
+	err := json.Unmarshal(a.Status, &st)
+	return st, err
+}
+
+// FIStatusOf decodes an FI agent's status.
+func FIStatusOf(a manager.Agent) (FIStatus, error) {
+	var st FIStatus
+	err := json.Unmarshal(a.Status, &st)
+	return st, err
+}
+
+func (a *HostAgent) report(ctx context.Context) error {
+	a.mu.Lock()
+	st := HostStatus{ServerPort: a.obj.ServerPort}
+	for _, vm := range a.vms {
+		st.VMs = append(st.VMs, vmReport{Name: vm.Name(), VEth: vm.VEth, Vif: vm.Vif, Mode: vm.Mode().String(),
+			Traffic: vm.Traffic.Stats(vm.Memory())})
+	}
+	a.mu.Unlock()
+	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return putAgent(ctx, a.cfg.Manager, manager.Agent{Name: manager.AgentName(manager.RoleHost, a.cfg.Name),
+		Role: manager.RoleHost, Object: a.cfg.Name, MigrationAddr: a.MigrationAddr(),
+		HeartbeatUnixMs: time.Now().UnixMilli(), Status: raw})
+}
+
+// jobReporter writes a migration's progress to the manager off the
+// migration's path: a phase must not wait for an API round trip (the VM
+// may be frozen), so updates queue and a goroutine sends the latest.
+type jobReporter struct {
+	c    *client.Client
+	mu   sync.Mutex
+	m    manager.Migration // guarded by mu
+	kick chan struct{}
+	done chan struct{}
+	ctx  context.Context
+}
+
+func newJobReporter(ctx context.Context, c *client.Client, m manager.Migration) *jobReporter {
+	r := &jobReporter{c: c, m: m, kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: context.WithoutCancel(ctx)}
+	go r.run()
+	return r
+}
+
+func (r *jobReporter) update(fn func(*manager.Migration)) {
+	r.mu.Lock()
+	fn(&r.m)
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *jobReporter) run() {
+	defer close(r.done)
+	for range r.kick {
+		r.send()
+	}
+}
+
+func (r *jobReporter) send() {
+	r.mu.Lock()
+	m := r.m
+	m.Revision = 0
+	m.Phases = append([]manager.MigrationPhase(nil), r.m.Phases...)
+	r.mu.Unlock()
+	for try := 0; try < 50; try++ {
+		ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+		err := r.c.Update(ctx, manager.KindMigrations, m.Name, &m, nil)
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // the manager is away: retry
+	}
+}
+
+// close sends the last state and stops.
+func (r *jobReporter) close() {
+	close(r.kick)
+	<-r.done
+	r.send()
+}
+
+// The agents as metrics sources (metrics.Source).
+
+// MetricsSource returns what metrics.NewCollector reads of an FI agent.
+func (a *FIAgent) MetricsSource() metrics.Source { return metricsSource{fi: a.FI} }
+
+// MetricsSource returns what metrics.NewCollector reads of a host agent.
+func (a *HostAgent) MetricsSource() metrics.Source { return metricsSource{host: a} }
+
+type metricsSource struct {
+	fi   *fabric.FI
+	host *HostAgent
+}
+
+func (s metricsSource) FI() *fabric.FI { return s.fi }
+
+func (s metricsSource) Hosts() []*lab.Host {
+	if s.host == nil {
+		return nil
+	}
+	return []*lab.Host{s.host.Host}
+}
+
+func (s metricsSource) Views() []lab.VMView {
+	if s.host == nil {
+		return nil
+	}
+	a := s.host
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]lab.VMView, 0, len(a.vms))
+	for _, vm := range a.vms {
+		out = append(out, lab.VMView{Name: vm.Name(), ID: vm.ID(), Host: a.cfg.Name, VEth: vm.VEth, Vif: vm.Vif, VLAN: vm.VLAN, Mode: vm.Mode()})
+	}
+	return out
+}
+
+func (s metricsSource) Stats() map[uint32]guest.TrafficStats {
+	out := map[uint32]guest.TrafficStats{}
+	if s.host == nil {
+		return out
+	}
+	a := s.host
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, vm := range a.vms {
+		out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
+	}
+	return out
+}
+
+// reconcileLoop runs reconcile every period and report every
+// manager.AgentHeartbeat until ctx ends, and logs the transitions between
+// reaching the manager and running headless on the last state.
+func reconcileLoop(ctx context.Context, log *slog.Logger, period time.Duration, reconcile, report func(context.Context) error) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	var lastBeat time.Time
+	online := false
+	for {
+		err := reconcile(ctx)
+		if err == nil && time.Since(lastBeat) >= manager.AgentHeartbeat {
+			if err = report(ctx); err == nil {
+				lastBeat = time.Now()
+			}
+		}
+		switch {
+		case err == nil && !online:
+			online = true
+			log.Info("manager reachable: reconciling")
+		case err != nil && online && ctx.Err() == nil:
+			online = false
+			log.Warn("manager unreachable: running on the last state (headless)", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
