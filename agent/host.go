@@ -227,7 +227,7 @@ func (a *HostAgent) reconcile(ctx context.Context) error {
 		if a.moving[name] {
 			continue
 		}
-		if on := v.Traffic; a.traffic[name] != on {
+		if on := v.Traffic; a.traffic[name] != on && vm.Traffic != nil {
 			if on {
 				vm.Traffic.Start(vm.Memory())
 			} else {
@@ -289,8 +289,12 @@ func VMConfig(v manager.VM, vms map[string]manager.VM, profiles map[string]manag
 		return lab.VMConfig{}, fmt.Errorf("VM %s: %w", v.Name, err)
 	}
 	vlan := vlanOf(profiles[v.PortProfile])
+	guestProg := v.Guest
+	if guestProg == "" {
+		guestProg = lab.GuestProbe
+	}
 	c := lab.VMConfig{
-		Spec: lab.VMSpec{Name: v.Name, Host: v.Host, Profile: v.PortProfile, MAC: mac, IP: ip, MemSize: uint64(v.MemMiB) << 20},
+		Spec: lab.VMSpec{Name: v.Name, Host: v.Host, Profile: v.PortProfile, MAC: mac, IP: ip, MemSize: uint64(v.MemMiB) << 20, Guest: guestProg},
 		ID:   uint32(v.VEth), VEth: uint32(v.VEth), Vif: uint16(v.Vif), VLAN: vlan,
 		Traffic: lab.TrafficSpec{FrameLen: v.ProbeFrameLen, Rate: uint64(v.ProbeRate)},
 	}
@@ -301,7 +305,8 @@ func VMConfig(v manager.VM, vms map[string]manager.VM, profiles map[string]manag
 	slicesSort(names)
 	for _, n := range names {
 		o := vms[n]
-		if o.Name == v.Name || vlanOf(profiles[o.PortProfile]) != vlan {
+		// Probes go between probe VMs; a Linux guest runs its own programs.
+		if o.Name == v.Name || vlanOf(profiles[o.PortProfile]) != vlan || !isProbe(o) || !isProbe(v) {
 			continue
 		}
 		omac, err := wire.ParseMAC(o.MAC)
@@ -313,6 +318,8 @@ func VMConfig(v manager.VM, vms map[string]manager.VM, profiles map[string]manag
 	}
 	return c, nil
 }
+
+func isProbe(v manager.VM) bool { return v.Guest == "" || v.Guest == lab.GuestProbe }
 
 func ipv4(s string) ([4]byte, error) {
 	if s == "" {
@@ -452,7 +459,7 @@ func (a *HostAgent) acceptLoop() {
 			a.incoming--
 			if in != nil {
 				a.vms[in.Name()] = in
-				a.traffic[in.Name()] = !in.Traffic.Stopped(in.Memory())
+				a.traffic[in.Name()] = in.Traffic != nil && !in.Traffic.Stopped(in.Memory())
 			}
 			a.mu.Unlock()
 			if err != nil {

@@ -29,7 +29,8 @@ type vmReport struct {
 	VEth    uint32             `json:"veth"`
 	Vif     uint16             `json:"vif"`
 	Mode    string             `json:"mode"`
-	Traffic guest.TrafficStats `json:"traffic"`
+	Guest   string             `json:"guest,omitempty"`
+	Traffic guest.TrafficStats `json:"traffic"` // zero for a Linux guest
 }
 
 // HostStatusOf decodes a host agent's status.
@@ -50,8 +51,11 @@ func (a *HostAgent) report(ctx context.Context) error {
 	a.mu.Lock()
 	st := HostStatus{ServerPort: a.obj.ServerPort}
 	for _, vm := range a.vms {
-		st.VMs = append(st.VMs, vmReport{Name: vm.Name(), VEth: vm.VEth, Vif: vm.Vif, Mode: vm.Mode().String(),
-			Traffic: vm.Traffic.Stats(vm.Memory())})
+		r := vmReport{Name: vm.Name(), VEth: vm.VEth, Vif: vm.Vif, Mode: vm.Mode().String(), Guest: vm.Config().Spec.Guest}
+		if vm.Traffic != nil {
+			r.Traffic = vm.Traffic.Stats(vm.Memory())
+		}
+		st.VMs = append(st.VMs, r)
 	}
 	a.mu.Unlock()
 	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
@@ -168,7 +172,9 @@ func (s metricsSource) Stats() map[uint32]guest.TrafficStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, vm := range a.vms {
-		out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
+		if vm.Traffic != nil {
+			out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
+		}
 	}
 	return out
 }

@@ -83,6 +83,9 @@ func (h *Host) AttachVM(c VMConfig, driver guest.DriverConfig) (*VM, error) {
 	hv, err := hypervisor.NewVM(hypervisor.VMConfig{
 		Name: vs.Name, ID: c.ID, MemSize: memSize, MAC: vs.MAC, Driver: driver, Logger: h.log,
 		Workload: func(m *mem.Memory) (guest.Workload, error) {
+			if vs.Guest != "" && vs.Guest != GuestProbe {
+				return guestWorkload(m, c, driver)
+			}
 			t, err := guest.NewTraffic(m, guest.TrafficConfig{
 				Base: trafficBase, Size: guest.TrafficStateSize(len(c.Peers)),
 				VM: c.ID, MAC: vs.MAC, IP: vs.IP, Peers: c.Peers,
@@ -102,6 +105,7 @@ func (h *Host) AttachVM(c VMConfig, driver guest.DriverConfig) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	wireGuest(hv)
 	vnic, err := h.Adapter.CreateVNIC(c.Vif, vs.MAC, hv.Memory(), hv)
 	if err != nil {
 		return nil, err

@@ -52,6 +52,7 @@ type VMSpec struct {
 	MAC     wire.MAC
 	IP      [4]byte
 	MemSize uint64 // default 8 MiB
+	Guest   string // guest program: "" or "probe" (probe traffic), "linux" (guest_linux.go)
 }
 
 // TrafficSpec is the probe traffic every VM runs to every other VM in its
@@ -103,6 +104,9 @@ func (p vifProgrammer) RemoveVif(vif uint16) { p.a.SetVifVLAN(vif, 0) }
 
 // FirstDynamicVEth is the number UCS Manager gives the first dynamic vEth.
 const FirstDynamicVEth = 32769
+
+// isProbe reports whether the VM runs the probe workload.
+func isProbe(vs VMSpec) bool { return vs.Guest == "" || vs.Guest == GuestProbe }
 
 // vlanOf returns the VLAN a VM's untagged frames belong to.
 func vlanOf(pp fabric.PortProfile) uint16 {
@@ -168,7 +172,9 @@ func Build(t Topology) (*Lab, error) {
 		id := uint32(i + 1)
 		var peers []guest.TrafficPeer
 		for j, o := range t.VMs {
-			if j != i && vlans[o.Name] == vlans[vs.Name] {
+			// Probes go between probe VMs; a Linux guest runs its own
+			// programs.
+			if j != i && vlans[o.Name] == vlans[vs.Name] && isProbe(o) && isProbe(vs) {
 				peers = append(peers, guest.TrafficPeer{VM: uint32(j + 1), MAC: o.MAC, IP: o.IP})
 			}
 		}
@@ -234,7 +240,9 @@ func (l *Lab) StartTraffic() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, vm := range l.vms {
-		vm.Traffic.Start(vm.Memory())
+		if vm.Traffic != nil { // a Linux guest has no probe generator
+			vm.Traffic.Start(vm.Memory())
+		}
 	}
 }
 
@@ -243,7 +251,9 @@ func (l *Lab) StopTraffic() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, vm := range l.vms {
-		vm.Traffic.Stop(vm.Memory())
+		if vm.Traffic != nil {
+			vm.Traffic.Stop(vm.Memory())
+		}
 	}
 }
 
@@ -253,7 +263,9 @@ func (l *Lab) Stats() map[uint32]guest.TrafficStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, vm := range l.vms {
-		out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
+		if vm.Traffic != nil {
+			out[vm.ID()] = vm.Traffic.Stats(vm.Memory())
+		}
 	}
 	return out
 }
@@ -303,6 +315,7 @@ func (l *Lab) Close() error {
 		}
 		vm.Port.Close()
 	}
+	errs = append(errs, closeGuests(l.vms)...)
 	for _, h := range l.hosts {
 		if err := h.Adapter.Close(); err != nil && !errors.Is(err, link.ErrClosed) {
 			errs = append(errs, err)
@@ -353,7 +366,9 @@ func (l *Lab) ResetGaps() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, vm := range l.vms {
-		vm.Traffic.ResetGaps(vm.Memory(), now)
+		if vm.Traffic != nil {
+			vm.Traffic.ResetGaps(vm.Memory(), now)
+		}
 	}
 }
 

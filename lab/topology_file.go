@@ -55,6 +55,9 @@ type vmFile struct {
 	MAC         string `yaml:"mac"`
 	IP          string `yaml:"ip"`
 	MemoryMiB   uint64 `yaml:"memory_mib"` // 0: the lab's default, 8 MiB
+	// Guest is the VM's program: probe (default) or linux (a network
+	// namespace named after the VM with a TAP eth0; needs root).
+	Guest string `yaml:"guest"`
 }
 
 type trafficFile struct {
@@ -247,6 +250,12 @@ func (v vmFile) spec(hosts map[string]bool, profiles map[string]fabric.PortProfi
 		return vs, fmt.Errorf("memory_mib %d: use at most %d (or leave it out for 8)", v.MemoryMiB, maxMemoryMiB)
 	}
 	vs.MemSize = v.MemoryMiB << 20
+	switch v.Guest {
+	case "", GuestProbe, GuestLinux:
+		vs.Guest = v.Guest
+	default:
+		return vs, fmt.Errorf("guest %q: use %s (the probe workload, default) or %s (a Linux network namespace; needs root)", v.Guest, GuestProbe, GuestLinux)
+	}
 	return vs, nil
 }
 

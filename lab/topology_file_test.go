@@ -67,6 +67,7 @@ func TestLoadTopologyErrors(t *testing.T) {
 		{"empty", "", "empty"},
 		{"unknown top key", head + "fabric: x\n", "field fabric not found"},
 		{"unknown vm key", vm(", memory: 8"), "field memory not found"},
+		{"bad guest", vm(", guest: windows"), `guest "windows": use probe`},
 		{"no fi", "hosts: [{name: h, server_port: e}]\n", "fi is missing"},
 		{"no hosts", "fi: a\n", "hosts is empty"},
 		{"bad mode", "fi: a\nport_profiles: [{name: p, mode: hybrid, access_vlan: 1}]\nhosts: [{name: h, server_port: e}]\n", "port_profiles[0] (p): mode \"hybrid\": use access or trunk"},

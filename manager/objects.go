@@ -57,6 +57,7 @@ var (
 	QoSClasses  = []string{"best-effort", "bronze", "silver", "gold", "platinum", "fc"}
 	MACForgings = []string{"allow", "deny"}
 	VMModes     = []string{"direct", "emulated"}
+	VMGuests    = []string{"probe", "linux"}
 )
 
 // PortProfile is the policy a vEth gets from the FI: VLANs, QoS class and
@@ -117,6 +118,10 @@ type VM struct {
 	ProbeRate     int  `json:"probe_rate"`
 	ProbeFrameLen int  `json:"probe_frame_len"`
 	Traffic       bool `json:"traffic"`
+	// Guest is the VM's program: probe (the probe workload) or linux (a
+	// network namespace named after the VM on a TAP; its host agent needs
+	// root).
+	Guest string `json:"guest"`
 }
 
 // object is what the generic handlers need of each kind.
@@ -351,6 +356,12 @@ func (v *VM) normalize() error {
 	}
 	if v.ProbeFrameLen < 64 || v.ProbeFrameLen > 1518 {
 		return badRequest(fmt.Sprintf("probe_frame_len %d is out of range", v.ProbeFrameLen), "use 64..1518 bytes")
+	}
+	if v.Guest == "" {
+		v.Guest = "probe"
+	}
+	if err := checkEnum("guest", v.Guest, VMGuests); err != nil {
+		return err
 	}
 	if v.ModeRequested == "" {
 		v.ModeRequested = "direct"

@@ -49,6 +49,7 @@ func newVMCmd() *cobra.Command {
 	f.IntVar(&v.ProbeRate, "probe-rate", 0, "probe frames/s to each peer (default 1000)")
 	f.IntVar(&v.ProbeFrameLen, "probe-frame-len", 0, "probe frame length, 64..1518 (default 64)")
 	f.BoolVar(&v.Traffic, "traffic", false, "start the probes as the VM boots")
+	f.StringVar(&v.Guest, "guest", "", "the VM's program: probe (default) or linux (a network namespace named after the VM; its host agent needs root)")
 	for _, n := range []string{"host", "port-profile", "mac"} {
 		create.MarkFlagRequired(n)
 	}
