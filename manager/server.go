@@ -34,6 +34,9 @@ type Config struct {
 	// Logger receives state transitions (objects created, updated,
 	// deleted); nil discards.
 	Logger *slog.Logger
+	// Leader, if not nil, is asked before every request but GETs; on a
+	// standby they get 503 naming the active manager (see election.go).
+	Leader Leader
 }
 
 // Route is one endpoint the server registers.
@@ -47,6 +50,7 @@ type Route struct {
 type Server struct {
 	store  store.Store // immutable
 	auth   *BearerAuth // immutable
+	leader Leader      // immutable; nil: always active
 	log    *slog.Logger
 	mux    *http.ServeMux // immutable after New
 	kinds  []*kindSpec    // immutable after New
@@ -104,10 +108,11 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		store: cfg.Store,
-		auth:  NewBearerAuth(cfg.Token, "vmfex", "vmfex manager"),
-		log:   log.With("component", "manager"),
-		mux:   http.NewServeMux(),
+		store:  cfg.Store,
+		auth:   NewBearerAuth(cfg.Token, "vmfex", "vmfex manager"),
+		leader: cfg.Leader,
+		log:    log.With("component", "manager"),
+		mux:    http.NewServeMux(),
 	}
 	s.handle("GET", "/healthz", true, s.handleHealthz)
 	s.handle("GET", "/api/v1/openapi.yaml", true, s.handleOpenAPI)
@@ -137,6 +142,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 
 func (s *Server) handle(method, path string, public bool, h http.HandlerFunc) {
 	s.routes = append(s.routes, Route{Method: method, Path: path, Public: public})
+	if method != http.MethodGet {
+		h = s.activeOnly(h)
+	}
 	if !public {
 		h = s.auth.Wrap(h)
 	}
@@ -212,6 +220,8 @@ func (s *Server) fail(w http.ResponseWriter, k *kindSpec, name string, err error
 	case errors.Is(err, store.ErrConflict):
 		ae = apiError(http.StatusConflict, fmt.Sprintf("%s %q was changed by someone else", k.noun, name),
 			"GET it again and retry with its current revision (or send revision 0 to overwrite)")
+	case errors.Is(err, store.ErrFenced):
+		ae = s.notActiveError(w)
 	case errors.Is(err, context.Canceled):
 		return // the client went away
 	default:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,6 +26,12 @@ type managerOpts struct {
 	listen    string
 	tokenFile string
 	metrics   metricsListen // --metrics-listen; empty: off
+
+	store         string        // --store: bolt ("" too) or etcd
+	etcdEndpoints string        // --etcd-endpoints, comma-separated
+	etcdPrefix    string        // --etcd-prefix
+	advertise     string        // --advertise; "": the URL served
+	electionTTL   time.Duration // --election-ttl
 }
 
 func newManagerCmd() *cobra.Command {
@@ -40,7 +47,14 @@ every change, and serves it as an HTTP JSON API under /api/v1 (described at
 For now the API is plain HTTP and --listen must be a loopback address: the
 bearer token would otherwise cross the network in clear. Clients present the
 token from --token-file; without that flag the manager uses DATA-DIR/token,
-generating it (mode 0600) on first start, and prints where it is.`,
+generating it (mode 0600) on first start, and prints where it is.
+
+With --store etcd the objects live in an etcd cluster instead, under
+--etcd-prefix, and several managers can share it: one is active (elected
+through etcd) and the others are standbys, like a VSM pair. Standbys serve
+reads; writes sent to a standby get 503 naming the active manager's
+--advertise URL. If the active manager dies, a standby takes over after
+--election-ttl. Give every manager of the cluster the same --token-file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -53,6 +67,11 @@ generating it (mode 0600) on first start, and prints where it is.`,
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
 	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
+	f.StringVar(&o.store, "store", "bolt", "where objects are kept: bolt (DATA-DIR/manager.db) or etcd (--etcd-endpoints; active/standby managers)")
+	f.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:2379", "with --store etcd: comma-separated etcd client URLs")
+	f.StringVar(&o.etcdPrefix, "etcd-prefix", store.DefaultEtcdPrefix, "with --store etcd: key prefix of this fabric's objects and election")
+	f.StringVar(&o.advertise, "advertise", "", "with --store etcd: the URL standbys name for this manager when it is active (default: the URL served)")
+	f.DurationVar(&o.electionTTL, "election-ttl", manager.DefaultElectionTTL, "with --store etcd: how long after the active manager dies a standby takes over")
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }
@@ -89,27 +108,61 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	if err != nil {
 		return err
 	}
-	st, err := store.OpenBolt(filepath.Join(o.dataDir, "manager.db"))
-	if err != nil {
-		return err
+	var st store.Store
+	var est *store.EtcdStore // with --store etcd
+	switch o.store {
+	case "", "bolt":
+		bst, err := store.OpenBolt(filepath.Join(o.dataDir, "manager.db"))
+		if err != nil {
+			return err
+		}
+		st = bst
+	case "etcd":
+		est, err = store.OpenEtcd(store.EtcdOptions{Endpoints: splitList(o.etcdEndpoints), Prefix: o.etcdPrefix})
+		if err != nil {
+			return err
+		}
+		st = est
+	default:
+		return fmt.Errorf("--store %q: use bolt (one manager, DATA-DIR/manager.db) or etcd (active/standby managers)", o.store)
 	}
 	defer st.Close()
 	defer serveManagerMetrics(out, st, string(o.metrics))()
 	log := slog.New(slog.NewTextHandler(logOut, nil))
-	srv, err := manager.New(manager.Config{Store: st, Token: token, Logger: log})
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (is another manager running?)", o.listen, err)
 	}
+	defer ln.Close() // Serve closes it too; this is for the errors before
 	url := "http://" + ln.Addr().String()
+	cfg := manager.Config{Store: st, Token: token, Logger: log}
+	var el *manager.Election // with --store etcd
+	if est != nil {
+		adv := o.advertise
+		if adv == "" {
+			adv = url
+		}
+		el, err = manager.StartElection(manager.ElectionConfig{Store: est, Advertise: adv, TTL: o.electionTTL, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer el.Close()
+		cfg.Leader = el
+	}
+	srv, err := manager.New(cfg)
+	if err != nil {
+		return err
+	}
 	verb := "is in"
 	if created {
 		verb = "generated into"
 	}
-	fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), data in %s\n", url, o.dataDir)
+	if est == nil {
+		fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), data in %s\n", url, o.dataDir)
+	} else {
+		fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), objects in etcd %s under %s; standby until elected active\n",
+			url, o.etcdEndpoints, est.Prefix())
+	}
 	fmt.Fprintf(out, "vmfex manager: API token %s %s; clients: --server %s --token-file %s\n", verb, tokenPath, url, tokenPath)
 
 	// Handlers, watches included, see ctx: cancelling it ends the streams
@@ -129,6 +182,11 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	if el != nil {
+		// Hand over first, so that a standby takes over without waiting
+		// for the TTL; writes still in flight here get 503.
+		el.Close()
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
@@ -137,4 +195,15 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	<-errc // http.ErrServerClosed
 	fmt.Fprintln(out, "vmfex manager: stopped")
 	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
