@@ -227,6 +227,18 @@ func (f *fabricProcs) hostStatus() (map[string]agent.HostStatus, map[string]bool
 	return st, up
 }
 
+// fiStatus returns what the FI agent last reported.
+func (f *fabricProcs) fiStatus() agent.FIStatus {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var a manager.Agent
+	if err := f.c.Get(ctx, manager.KindAgents, manager.AgentName(manager.RoleFI, "fi-a"), &a); err != nil {
+		return agent.FIStatus{}
+	}
+	st, _ := agent.FIStatusOf(a)
+	return st
+}
+
 // stats returns the probe counters of every VM the host agents report,
 // keyed by VM id, and where each VM runs.
 func (f *fabricProcs) stats() (map[uint32]guest.TrafficStats, map[string]string) {
@@ -333,6 +345,35 @@ func TestAgentsEndToEnd(t *testing.T) {
 	if out := f.must("vnic", "mode", "web-3", "direct"); !strings.Contains(out, "esx1 runs it direct") {
 		t.Errorf("vnic mode web-3 direct:\n%s", out)
 	}
+
+	// A port profile change reaches the vEths using it, live: the QoS
+	// class on the FI, and without high performance the VMs' vNICs go to
+	// the emulated path (and show vm says why).
+	f.must("port-profile", "update", "web", "--qos-class", "platinum", "--high-performance=false")
+	f.waitFor("the web VMs emulated, their vEths platinum", func() bool {
+		_, where := f.stats()
+		fis := f.fiStatus()
+		for _, n := range []string{"web-1", "web-2", "web-3"} {
+			if !strings.HasSuffix(where[n], "/emulated") {
+				return false
+			}
+		}
+		for _, v := range fis.VEths {
+			if webVEths[v.ID] && v.QoSClass != "platinum" {
+				return false
+			}
+		}
+		return len(fis.VEths) > 0
+	})
+	if out := f.must("show", "vm", "web-1"); !strings.Contains(out, "emulated (port profile web is not high-performance)") {
+		t.Errorf("show vm web-1 after the profile lost high performance:\n%s", out)
+	}
+	waitFlowing("traffic on the emulated path")
+	f.must("port-profile", "update", "web", "--high-performance")
+	f.waitFor("the web VMs direct again", func() bool {
+		_, where := f.stats()
+		return where["web-1"] == "esx1/direct" && where["web-2"] == "esx1/direct" && where["web-3"] == "esx1/direct"
+	})
 
 	// Bad requests change nothing.
 	for _, bad := range []struct {

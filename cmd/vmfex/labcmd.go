@@ -73,8 +73,8 @@ given) for these commands:
   vmfex vmotion VM --to HOST           migrate a VM, live, phase by phase
   vmfex show migration [ID]            migrations and their timelines
 
-There is no "lab down" yet: stop the lab with Ctrl-C (or SIGTERM). It then
-stops the traffic, lets the fabric drain and prints the exactly-once
+Stop the lab with vmfex lab down from another shell, or Ctrl-C (or SIGTERM).
+It then stops the traffic, lets the fabric drain and prints the exactly-once
 summary: frames sent, received, lost and duplicated. It exits non-zero if a
 frame was lost or duplicated.`,
 		Example: "  vmfex lab up examples/demo.yaml --traffic\n  vmfex vmotion web-1 --to esx2",
@@ -86,6 +86,36 @@ frame was lost or duplicated.`,
 			return runLab(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
 	}
+	var co clientOpts
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Stop a running vmfex lab up: it drains, prints its exactly-once summary and exits",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := co.labConnect()
+			if err != nil {
+				return err
+			}
+			if err := c.Do(cmd.Context(), "POST", "/api/v1/lab/down", struct{}{}, nil); err != nil {
+				return err
+			}
+			// The lab answers until its API closes, after the drain.
+			deadline := time.Now().Add(2 * time.Minute)
+			for time.Now().Before(deadline) {
+				ctx, cancel := context.WithTimeout(cmd.Context(), time.Second)
+				err := c.Do(ctx, "GET", "/healthz", nil, nil)
+				cancel()
+				if err != nil {
+					_, err := fmt.Fprintln(cmd.OutOrStdout(), "lab stopped; its summary is in the output of vmfex lab up")
+					return err
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			return errors.New("the lab still answers two minutes after lab down; stop it with Ctrl-C")
+		},
+	}
+	addLabClientFlags(down, &co)
+	cmd.AddCommand(down)
 	f := up.Flags()
 	f.StringVar(&o.listen, "listen", defaultLabListen, "loopback address and port to serve the lab API on")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: "+
@@ -121,6 +151,8 @@ func runLab(ctx context.Context, out, logOut io.Writer, o labOpts) error {
 	fmt.Fprintln(out, "vmfex lab: stop with Ctrl-C")
 	select {
 	case <-ctx.Done():
+	case <-r.api.down:
+		fmt.Fprintln(out, "vmfex lab: lab down asked for")
 	case err := <-r.serveErr:
 		fmt.Fprintf(out, "vmfex lab: API server failed: %v; stopping\n", err)
 	}
@@ -299,12 +331,16 @@ type labAPI struct {
 	switching map[string]bool // VMs with a mode switch in progress
 
 	migrations *metrics.MigrationObserver // what the finished jobs did, for /metrics
+
+	down     chan struct{} // closed by POST /api/v1/lab/down
+	downOnce sync.Once
 }
 
 func newLabAPI(l *lab.Lab, token string) *labAPI {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &labAPI{lab: l, auth: manager.NewBearerAuth(token, "vmfex-lab", "vmfex lab up"), mux: http.NewServeMux(),
-		ctx: ctx, cancel: cancel, switching: map[string]bool{}, migrations: metrics.NewMigrationObserver()}
+		ctx: ctx, cancel: cancel, switching: map[string]bool{}, migrations: metrics.NewMigrationObserver(),
+		down: make(chan struct{})}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		manager.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -314,9 +350,13 @@ func newLabAPI(l *lab.Lab, token string) *labAPI {
 	a.handle("GET /api/v1/migrations", a.listMigrations)
 	a.handle("POST /api/v1/migrations", a.startMigration)
 	a.handle("GET /api/v1/migrations/{id}", a.getMigration)
+	a.handle("POST /api/v1/lab/down", func(w http.ResponseWriter, _ *http.Request) {
+		a.downOnce.Do(func() { close(a.down) })
+		manager.WriteJSON(w, http.StatusAccepted, map[string]string{"status": "stopping"})
+	})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		manager.WriteError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path),
-			"the lab API has GET /api/v1/vms, POST /api/v1/vms/{name}/mode, GET and POST /api/v1/migrations, GET /api/v1/migrations/{id}")
+			"the lab API has GET /api/v1/vms, POST /api/v1/vms/{name}/mode, GET and POST /api/v1/migrations, GET /api/v1/migrations/{id}, POST /api/v1/lab/down")
 	})
 	return a
 }

@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -208,5 +210,61 @@ func TestLabEndToEnd(t *testing.T) {
 	printLabSummary(&b, sum, true)
 	if !strings.Contains(b.String(), "lost 0, duplicated 0") {
 		t.Errorf("summary line %q", b.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestLabDown: vmfex lab down stops a running lab up as Ctrl-C does:
+// drain, summary, exit.
+func TestLabDown(t *testing.T) {
+	dir := t.TempDir()
+	demo, err := os.ReadFile(filepath.Join("..", "..", "examples", "demo.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "demo.yaml")
+	if err := os.WriteFile(path, []byte(strings.Replace(string(demo), "rate: 0 ", "rate: 2000 ", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t, "tcp")
+	var out, logs lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- runLab(context.Background(), &out, &logs, labOpts{topology: path, listen: addr, tokenDir: dir, traffic: true})
+	}()
+	tokenFile := filepath.Join(dir, manager.TokenFileName)
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(out.String(), "stop with Ctrl-C") {
+		if time.Now().After(deadline) {
+			t.Fatalf("lab did not start:\n%s\n%s", out.String(), logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res, err := labCLI("lab", "down", "--server", "http://"+addr, "--token-file", tokenFile)
+	if err != nil || !strings.Contains(res, "lab stopped") {
+		t.Errorf("lab down: %v\n%s", err, res)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("lab up: %v\n%s", err, out.String())
+	}
+	if s := out.String(); !strings.Contains(s, "lab down asked for") || !strings.Contains(s, "lost 0, duplicated 0") {
+		t.Errorf("lab up output:\n%s", s)
 	}
 }
