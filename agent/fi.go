@@ -26,7 +26,8 @@ type FIConfig struct {
 	Name    string         // the FI object's name
 	Manager *client.Client // the manager
 	Token   string         // the manager's token; the control API takes it too
-	// ControlListen is the control API's address (default 127.0.0.1:0).
+	// ControlListen is the control API's address (default 127.0.0.1:0):
+	// a loopback HOST:PORT or unix:/PATH.
 	ControlListen string
 	Reconcile     time.Duration // default DefaultReconcile
 	Logger        *slog.Logger
@@ -38,10 +39,11 @@ type FIAgent struct {
 	FI  *fabric.FI
 	log *slog.Logger
 	ln  net.Listener
+	url string // the control API's URL
 	srv *http.Server
 
 	mu       sync.Mutex
-	ports    map[string]*link.UDPPort // server port -> its cable; guarded by mu
+	ports    map[string]link.Port // server port -> its cable; guarded by mu
 	profiles map[string]manager.PortProfile
 	warned   map[string]bool // hosts whose missing cable was logged
 
@@ -63,18 +65,18 @@ func StartFI(ctx context.Context, cfg FIConfig) (*FIAgent, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("fi", cfg.Name)
-	a := &FIAgent{cfg: cfg, log: log, ports: map[string]*link.UDPPort{},
+	a := &FIAgent{cfg: cfg, log: log, ports: map[string]link.Port{},
 		profiles: map[string]manager.PortProfile{}, warned: map[string]bool{}, done: make(chan struct{})}
 	a.FI = fabric.New(fabric.Config{Name: cfg.Name, Logger: log})
 	if err := a.FI.Start(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.ControlListen)
+	ln, url, err := manager.Listen(cfg.ControlListen)
 	if err != nil {
 		a.FI.Close()
-		return nil, fmt.Errorf("fi agent: control API on %s: %w", cfg.ControlListen, err)
+		return nil, fmt.Errorf("fi agent: control API: %w", err)
 	}
-	a.ln = ln
+	a.ln, a.url = ln, url
 	a.srv = &http.Server{Handler: newControlServer(a.FI, cfg.Token), ReadHeaderTimeout: 10 * time.Second}
 	go a.srv.Serve(ln)
 	ctx, a.cancel = context.WithCancel(ctx)
@@ -83,7 +85,7 @@ func StartFI(ctx context.Context, cfg FIConfig) (*FIAgent, error) {
 }
 
 // ControlURL is the control API's URL.
-func (a *FIAgent) ControlURL() string { return "http://" + a.ln.Addr().String() }
+func (a *FIAgent) ControlURL() string { return a.url }
 
 // Close stops the agent and its FI.
 func (a *FIAgent) Close() error {
@@ -133,16 +135,12 @@ func (a *FIAgent) reconcile(ctx context.Context) error {
 		if h.FI != a.cfg.Name || a.ports[h.ServerPort] != nil {
 			continue
 		}
-		if h.FIAddr == "" || h.UplinkAddr == "" {
+		p, err := fiCable(h)
+		if err != nil {
 			if !a.warned[h.Name] {
 				a.warned[h.Name] = true
-				a.log.Warn("host has no cable addresses; set fi_addr and uplink_addr", "host", h.Name)
+				a.log.Warn("no cable to the host", "host", h.Name, "err", err)
 			}
-			continue
-		}
-		p, err := link.NewUDPPort(h.FIAddr, h.UplinkAddr)
-		if err != nil {
-			a.log.Error("server port cable", "port", h.ServerPort, "err", err)
 			continue
 		}
 		if err := a.FI.AddServerPort(h.ServerPort, p, nil); err != nil {
@@ -151,7 +149,7 @@ func (a *FIAgent) reconcile(ctx context.Context) error {
 			continue
 		}
 		a.ports[h.ServerPort] = p
-		a.log.Info("server port up", "port", h.ServerPort, "host", h.Name, "local", h.FIAddr, "peer", h.UplinkAddr)
+		a.log.Info("server port up", "port", h.ServerPort, "host", h.Name, "cable", cableName(h))
 	}
 	// vEths are created when a host's vNIC comes up (the control API's
 	// attach); here they follow their VM's profile and go with it.
@@ -229,4 +227,35 @@ func putAgent(ctx context.Context, c *client.Client, ag manager.Agent) error {
 		err = c.Create(ctx, manager.KindAgents, &ag, nil)
 	}
 	return err
+}
+
+// fiCable opens the FI's end of host h's cable: UDP between fi_addr and
+// uplink_addr, or raw Ethernet on the veth end fi_if in this process's
+// network namespace.
+func fiCable(h manager.Host) (link.Port, error) {
+	switch {
+	case h.FIIf != "":
+		return link.NewPacketPort(h.FIIf)
+	case h.FIAddr != "" && h.UplinkAddr != "":
+		return link.NewUDPPort(h.FIAddr, h.UplinkAddr)
+	}
+	return nil, fmt.Errorf("host %s has no cable: set fi_addr and uplink_addr (UDP) or fi_if and uplink_if (veth)", h.Name)
+}
+
+// hostCable opens the host's end of its cable (see fiCable).
+func hostCable(h manager.Host) (link.Port, error) {
+	switch {
+	case h.UplinkIf != "":
+		return link.NewPacketPort(h.UplinkIf)
+	case h.FIAddr != "" && h.UplinkAddr != "":
+		return link.NewUDPPort(h.UplinkAddr, h.FIAddr)
+	}
+	return nil, fmt.Errorf("host %s has no cable: set fi_addr and uplink_addr (UDP) or fi_if and uplink_if (veth)", h.Name)
+}
+
+func cableName(h manager.Host) string {
+	if h.FIIf != "" {
+		return "veth " + h.FIIf + " <-> " + h.UplinkIf
+	}
+	return "udp " + h.FIAddr + " <-> " + h.UplinkAddr
 }

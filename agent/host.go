@@ -14,7 +14,6 @@ import (
 	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/hypervisor"
 	"github.com/vmfex/vmfex/lab"
-	"github.com/vmfex/vmfex/link"
 	"github.com/vmfex/vmfex/manager"
 	"github.com/vmfex/vmfex/manager/client"
 	"github.com/vmfex/vmfex/wire"
@@ -76,8 +75,8 @@ func StartHost(ctx context.Context, cfg HostConfig) (*HostAgent, error) {
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := cfg.Manager.Get(gctx, manager.KindHosts, cfg.Name, &a.obj)
 		cancel()
-		if err == nil && (a.obj.UplinkAddr == "" || a.obj.FIAddr == "") {
-			err = fmt.Errorf("host %s has no uplink_addr/fi_addr; set them (vmfex host create --uplink-addr --fi-addr)", cfg.Name)
+		if err == nil && a.obj.UplinkIf == "" && (a.obj.UplinkAddr == "" || a.obj.FIAddr == "") {
+			err = fmt.Errorf("host %s has no cable; set --uplink-addr and --fi-addr (UDP) or --uplink-if and --fi-if (veth) with vmfex host create", cfg.Name)
 		}
 		if err == nil {
 			break
@@ -89,7 +88,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (*HostAgent, error) {
 		case <-time.After(time.Second):
 		}
 	}
-	up, err := link.NewUDPPort(a.obj.UplinkAddr, a.obj.FIAddr)
+	up, err := hostCable(a.obj)
 	if err != nil {
 		return nil, fmt.Errorf("host agent: uplink cable: %w", err)
 	}
@@ -105,7 +104,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (*HostAgent, error) {
 	a.wg.Add(2)
 	go a.acceptLoop()
 	go a.loop()
-	a.log.Info("host agent running", "server_port", a.obj.ServerPort, "uplink", a.obj.UplinkAddr, "fi", a.obj.FIAddr, "migration", ln.Addr().String())
+	a.log.Info("host agent running", "server_port", a.obj.ServerPort, "cable", cableName(a.obj), "migration", ln.Addr().String())
 	return a, nil
 }
 

@@ -89,6 +89,11 @@ type Host struct {
 	// (the FI's end), each "ip:port".
 	UplinkAddr string `json:"uplink_addr,omitempty"`
 	FIAddr     string `json:"fi_addr,omitempty"`
+	// Or raw Ethernet (AF_PACKET) on the two ends of a veth pair: the
+	// interface in the host agent's network namespace and the one in the
+	// FI agent's (vmfex lab up --netns).
+	UplinkIf string `json:"uplink_if,omitempty"`
+	FIIf     string `json:"fi_if,omitempty"`
 }
 
 // FabricInterconnect is an FI that hosts connect to.
@@ -273,6 +278,8 @@ func (p *PortProfile) VLANs() string {
 	return strings.Join(s, ",")
 }
 
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
+
 var serverPortRE = regexp.MustCompile(`^Ethernet[1-9][0-9]{0,2}/[1-9][0-9]{0,2}$`)
 
 func (h *Host) normalize() error {
@@ -288,6 +295,15 @@ func (h *Host) normalize() error {
 	}
 	if h.MaxVNICs == 0 {
 		h.MaxVNICs = DefaultMaxVNICs
+	}
+	for _, a := range []struct{ field, v string }{{"uplink_if", h.UplinkIf}, {"fi_if", h.FIIf}} {
+		if a.v != "" && !ifNameRE.MatchString(a.v) {
+			return badRequest(fmt.Sprintf("%s %q is not an interface name", a.field, a.v), "use 1 to 15 letters, digits, '.', '_' or '-'")
+		}
+	}
+	if (h.UplinkIf != "" || h.FIIf != "") && (h.UplinkAddr != "" || h.FIAddr != "") {
+		return badRequest("host "+h.Name+" has both a UDP cable (uplink_addr, fi_addr) and a veth (uplink_if, fi_if)",
+			"give one cable: the UDP addresses, or the veth's interface names")
 	}
 	for _, a := range []struct{ field, v string }{{"uplink_addr", h.UplinkAddr}, {"fi_addr", h.FIAddr}} {
 		if a.v == "" {

@@ -85,7 +85,7 @@ second. Without the manager it keeps forwarding on its last state.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&control, "control-listen", "127.0.0.1:0", "address of the control API host agents use")
+	cmd.Flags().StringVar(&control, "control-listen", "127.0.0.1:0", "address of the control API host agents use: loopback HOST:PORT or unix:/PATH")
 	cmd.Flags().Var(&metricsAddr, "metrics-listen", metricsFlagUsage)
 	return cmd
 }

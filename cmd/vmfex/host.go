@@ -39,6 +39,8 @@ func newHostCmd() *cobra.Command {
 	f.IntVar(&h.MaxVNICs, "max-vnics", 0, "dynamic vNICs the host's adapter offers (default 256)")
 	f.StringVar(&h.UplinkAddr, "uplink-addr", "", "the host's end of its UDP cable to the FI, ip:port (for vmfex host run)")
 	f.StringVar(&h.FIAddr, "fi-addr", "", "the FI's end of that cable, ip:port (for vmfex fi run)")
+	f.StringVar(&h.UplinkIf, "uplink-if", "", "or a veth cable: its end in the host agent's network namespace")
+	f.StringVar(&h.FIIf, "fi-if", "", "the veth's end in the FI agent's network namespace")
 	create.MarkFlagRequired("fi")
 	create.MarkFlagRequired("server-port")
 

@@ -49,6 +49,9 @@ type labOpts struct {
 	tokenDir  string // where the token is generated if tokenFile is empty
 	traffic   bool
 	metrics   metricsListen // --metrics-listen; empty: off
+	netns     bool          // --netns: processes in network namespaces
+	stateDir  string        // --state-dir of a lab in namespaces
+	prefix    string        // --netns-prefix
 }
 
 func newLabCmd() *cobra.Command {
@@ -83,15 +86,23 @@ frame was lost or duplicated.`,
 			o.topology = args[0]
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.netns {
+				return runLabNetns(ctx, cmd.OutOrStdout(), o, netnsOpts{stateDir: o.stateDir, prefix: o.prefix})
+			}
 			return runLab(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
 	}
 	var co clientOpts
+	var downNetns bool
+	var downState string
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop a running vmfex lab up: it drains, prints its exactly-once summary and exits",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if downNetns {
+				return labDownNetns(cmd.Context(), cmd.OutOrStdout(), downState)
+			}
 			c, err := co.labConnect()
 			if err != nil {
 				return err
@@ -115,6 +126,8 @@ frame was lost or duplicated.`,
 		},
 	}
 	addLabClientFlags(down, &co)
+	down.Flags().BoolVar(&downNetns, "netns", false, "stop a lab up --netns (signals it; it drains, reports and removes its namespaces)")
+	down.Flags().StringVar(&downState, "state-dir", defaultNetnsStateDir(), "with --netns: the lab's state directory")
 	cmd.AddCommand(down)
 	f := up.Flags()
 	f.StringVar(&o.listen, "listen", defaultLabListen, "loopback address and port to serve the lab API on")
@@ -122,6 +135,9 @@ frame was lost or duplicated.`,
 		filepath.Join(defaultLabTokenDir(), manager.TokenFileName)+", generated if missing)")
 	f.BoolVar(&o.traffic, "traffic", false, "start the probe traffic between the VMs of each VLAN")
 	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
+	f.BoolVar(&o.netns, "netns", false, "run the manager, the FI and each host as separate processes in network namespaces joined by veth pairs (needs root)")
+	f.StringVar(&o.stateDir, "state-dir", defaultNetnsStateDir(), "with --netns: where the sockets, the manager's data and the logs go")
+	f.StringVar(&o.prefix, "netns-prefix", "vmfex-", "with --netns: prefix of the namespaces' names")
 	cmd.AddCommand(up)
 	return cmd
 }

@@ -64,7 +64,7 @@ reads; writes sent to a standby get 503 naming the active manager's
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database and the generated token (created if missing)")
-	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on, or unix:/PATH for a Unix socket")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
 	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
 	f.StringVar(&o.store, "store", "bolt", "where objects are kept: bolt (DATA-DIR/manager.db) or etcd (--etcd-endpoints; active/standby managers)")
@@ -76,20 +76,13 @@ reads; writes sent to a standby get 503 naming the active manager's
 	return cmd
 }
 
-// checkLoopback refuses addresses other than loopback ones, because the API
-// is plain HTTP.
+// checkLoopback refuses addresses other than loopback ones (and unix:
+// sockets), because the API is plain HTTP for now.
 func checkLoopback(listen string) error {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q is not HOST:PORT: %v", listen, err)
-	}
-	if host == "localhost" {
+	if strings.HasPrefix(listen, "unix:") {
 		return nil
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("--listen %s is not a loopback address; the manager serves plain HTTP for now, so use 127.0.0.1:PORT", listen)
+	return manager.CheckLoopback(listen)
 }
 
 // runManager serves until ctx is done. If ready is not nil it receives the
@@ -129,12 +122,11 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	defer st.Close()
 	defer serveManagerMetrics(out, st, string(o.metrics))()
 	log := slog.New(slog.NewTextHandler(logOut, nil))
-	ln, err := net.Listen("tcp", o.listen)
+	ln, url, err := manager.Listen(o.listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another manager running?)", o.listen, err)
+		return fmt.Errorf("%w (is another manager running?)", err)
 	}
 	defer ln.Close() // Serve closes it too; this is for the errors before
-	url := "http://" + ln.Addr().String()
 	cfg := manager.Config{Store: st, Token: token, Logger: log}
 	var el *manager.Election // with --store etcd
 	if est != nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -38,14 +39,18 @@ type Client struct {
 	base  string       // immutable; "http://host:port" without a trailing slash
 	token string       // immutable
 	hc    *http.Client // immutable
+	sock  string       // immutable; the Unix socket's path, if any
 }
 
 // New returns a client of the manager at server (e.g.
 // "http://127.0.0.1:8443") that authenticates with token.
 func New(server, token string) (*Client, error) {
+	if path, ok := strings.CutPrefix(server, "unix://"); ok {
+		return newUnix(path, token)
+	}
 	u, err := url.Parse(server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("manager address %q is not an http(s) URL; give one like http://127.0.0.1:8443", server)
+		return nil, fmt.Errorf("manager address %q is not an http(s) or unix:// URL; give one like http://127.0.0.1:8443 or unix:///run/vmfex/manager.sock", server)
 	}
 	if token == "" {
 		return nil, errors.New("no API token; pass --token-file FILE or set VMFEX_TOKEN (vmfex manager prints where its token file is)")
@@ -90,10 +95,14 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	res, err := c.hc.Do(req)
 	if err != nil {
-		if c.what != "the manager" {
-			return fmt.Errorf("cannot reach %s at %s: %w", c.what, c.base, err)
+		at := c.base
+		if c.sock != "" {
+			at = "unix://" + c.sock
 		}
-		return fmt.Errorf("cannot reach the manager at %s: %w\n  hint: is vmfex manager running? set --server or VMFEX_SERVER", c.base, err)
+		if c.what != "the manager" {
+			return fmt.Errorf("cannot reach %s at %s: %w", c.what, at, err)
+		}
+		return fmt.Errorf("cannot reach the manager at %s: %w\n  hint: is vmfex manager running? set --server or VMFEX_SERVER", at, err)
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
@@ -160,4 +169,23 @@ func (c *Client) Delete(ctx context.Context, kind, name string, rev int64) error
 		p += "?revision=" + strconv.FormatInt(rev, 10)
 	}
 	return c.do(ctx, "DELETE", p, nil, nil)
+}
+
+// newUnix returns a client of the server on the Unix socket at path.
+func newUnix(path, token string) (*Client, error) {
+	if !strings.HasPrefix(path, "/") {
+		return nil, fmt.Errorf("unix://%s: give the socket's absolute path, e.g. unix:///run/vmfex/manager.sock", path)
+	}
+	if token == "" {
+		return nil, errors.New("no API token; pass --token-file FILE or set VMFEX_TOKEN (vmfex manager prints where its token file is)")
+	}
+	var d net.Dialer
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		},
+		ResponseHeaderTimeout: 30 * time.Second,
+	}}
+	// The host in the URL only names the socket in messages.
+	return &Client{what: "the manager", base: "http://unix", token: token, hc: hc, sock: path}, nil
 }
