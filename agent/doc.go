@@ -4,7 +4,8 @@
 // manager's desired state, as UCS Manager drives its FIs and vCenter its
 // hosts.
 //
-// Each agent reconciles on a short period against the manager's lists,
+// Each agent watches the kinds it applies and reconciles against the
+// manager's lists on every change (and every DefaultReconcile in any case),
 // reports itself (an Agent object with its status) every
 // manager.AgentHeartbeat, and keeps forwarding on its last state while the
 // manager is away (headless). Host agents migrate VMs between them over TCP

@@ -18,8 +18,8 @@ import (
 )
 
 // DefaultReconcile is how often an agent compares its state with the
-// manager's.
-const DefaultReconcile = 250 * time.Millisecond
+// manager's even when its watches report nothing.
+const DefaultReconcile = 2 * time.Second
 
 // FIConfig configures an FI agent.
 type FIConfig struct {
@@ -97,7 +97,8 @@ func (a *FIAgent) Close() error {
 
 func (a *FIAgent) loop(ctx context.Context) {
 	defer close(a.done)
-	reconcileLoop(ctx, a.log, a.cfg.Reconcile, a.reconcile, a.report)
+	reconcileLoop(ctx, a.log, a.cfg.Manager, []string{manager.KindPortProfiles, manager.KindHosts, manager.KindVMs},
+		a.cfg.Reconcile, a.reconcile, a.report)
 }
 
 func (a *FIAgent) reconcile(ctx context.Context) error {

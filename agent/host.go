@@ -16,6 +16,7 @@ import (
 	"github.com/vmfex/vmfex/lab"
 	"github.com/vmfex/vmfex/manager"
 	"github.com/vmfex/vmfex/manager/client"
+	"github.com/vmfex/vmfex/metrics"
 	"github.com/vmfex/vmfex/wire"
 )
 
@@ -40,16 +41,16 @@ type HostAgent struct {
 	obj  manager.Host
 	ln   net.Listener
 
-	mu        sync.Mutex
-	fc        *FIClient           // the FI agent's control API; guarded by mu
-	fcURL     string              // guarded by mu
-	vms       map[string]*lab.VM  // running here; guarded by mu
-	traffic   map[string]bool     // probe switch as last applied; guarded by mu
-	moving    map[string]bool     // migrating out; guarded by mu
-	movedOut  map[string]string   // VM -> the host it left for, until the manager says so; guarded by mu
-	incoming  int                 // migrations coming in; guarded by mu
-	jobs      map[string]bool     // migrations taken; guarded by mu
-	lastStats map[string]vmReport // guarded by mu
+	mu         sync.Mutex
+	fc         *FIClient                  // the FI agent's control API; guarded by mu
+	fcURL      string                     // guarded by mu
+	vms        map[string]*lab.VM         // running here; guarded by mu
+	traffic    map[string]bool            // probe switch as last applied; guarded by mu
+	moving     map[string]bool            // migrating out; guarded by mu
+	movedOut   map[string]string          // VM -> the host it left for, until the manager says so; guarded by mu
+	incoming   int                        // migrations coming in; guarded by mu
+	jobs       map[string]bool            // migrations taken; guarded by mu
+	migrations *metrics.MigrationObserver // the migrations of this host's VMs, for /metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -70,7 +71,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (*HostAgent, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &HostAgent{cfg: cfg, log: log.With("host", cfg.Name), vms: map[string]*lab.VM{}, traffic: map[string]bool{},
-		moving: map[string]bool{}, movedOut: map[string]string{}, jobs: map[string]bool{}, lastStats: map[string]vmReport{}}
+		moving: map[string]bool{}, movedOut: map[string]string{}, jobs: map[string]bool{}, migrations: metrics.NewMigrationObserver()}
 	for {
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := cfg.Manager.Get(gctx, manager.KindHosts, cfg.Name, &a.obj)
@@ -126,7 +127,8 @@ func (a *HostAgent) Close() error {
 
 func (a *HostAgent) loop() {
 	defer a.wg.Done()
-	reconcileLoop(a.ctx, a.log, a.cfg.Reconcile, a.reconcile, a.report)
+	reconcileLoop(a.ctx, a.log, a.cfg.Manager, []string{manager.KindVMs, manager.KindPortProfiles, manager.KindMigrations, manager.KindAgents},
+		a.cfg.Reconcile, a.reconcile, a.report)
 }
 
 // desired is one reconcile's view of the manager.
@@ -366,6 +368,7 @@ func (a *HostAgent) migrate(mg manager.Migration, d *desired) {
 	a.mu.Unlock()
 	rep := newJobReporter(a.ctx, a.cfg.Manager, mg)
 	defer rep.close()
+	var report lab.MigrationReport
 	rep.update(func(m *manager.Migration) { m.State = manager.MigrationRunning })
 
 	err := func() error {
@@ -402,6 +405,7 @@ func (a *HostAgent) migrate(mg manager.Migration, d *desired) {
 			return fmt.Errorf("%w: cannot reach host %s's migration listener: %w", lab.ErrRolledBack, mg.To, err)
 		}
 		r, err := lab.MigrateOut(a.ctx, vm, fc, conn, mg.To, dst.ServerPort, o)
+		report = r
 		rep.update(func(m *manager.Migration) {
 			m.TotalMs, m.DowntimeMs, m.PrecopyRounds, m.BytesTransferred = r.TotalMs, r.DowntimeMs, r.PrecopyRounds, r.BytesTransferred
 		})
@@ -416,15 +420,16 @@ func (a *HostAgent) migrate(mg manager.Migration, d *desired) {
 		a.movedOut[mg.VM] = mg.To
 	}
 	a.mu.Unlock()
+	state := manager.MigrationFailed
+	switch {
+	case moved:
+		state = manager.MigrationSucceeded
+	case errors.Is(err, lab.ErrRolledBack):
+		state = manager.MigrationRolledBack
+	}
+	a.migrations.Observe(report, state)
 	rep.update(func(m *manager.Migration) {
-		switch {
-		case moved:
-			m.State = manager.MigrationSucceeded
-		case errors.Is(err, lab.ErrRolledBack):
-			m.State = manager.MigrationRolledBack
-		default:
-			m.State = manager.MigrationFailed
-		}
+		m.State = state
 		if err != nil {
 			m.Error = err.Error()
 		}

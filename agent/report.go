@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/lab"
@@ -129,11 +131,17 @@ func (r *jobReporter) close() {
 
 // The agents as metrics sources (metrics.Source).
 
-// MetricsSource returns what metrics.NewCollector reads of an FI agent.
-func (a *FIAgent) MetricsSource() metrics.Source { return metricsSource{fi: a.FI} }
+// Collectors returns what an FI agent serves at /metrics: its FI's
+// counters.
+func (a *FIAgent) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{metrics.NewCollector(metricsSource{fi: a.FI})}
+}
 
-// MetricsSource returns what metrics.NewCollector reads of a host agent.
-func (a *HostAgent) MetricsSource() metrics.Source { return metricsSource{host: a} }
+// Collectors returns what a host agent serves at /metrics: its adapter's,
+// hypervisor's and guests' counters, and the migrations it ran.
+func (a *HostAgent) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{metrics.NewCollector(metricsSource{host: a}), a.migrations}
+}
 
 type metricsSource struct {
 	fi   *fabric.FI
@@ -179,12 +187,27 @@ func (s metricsSource) Stats() map[uint32]guest.TrafficStats {
 	return out
 }
 
-// reconcileLoop runs reconcile every period and report every
-// manager.AgentHeartbeat until ctx ends, and logs the transitions between
+// reconcileLoop runs reconcile whenever the manager reports a change to
+// one of kinds (its watch), and every period in any case (a change missed
+// while a watch reconnects is picked up then), and report every
+// manager.AgentHeartbeat, until ctx ends. It logs the transitions between
 // reaching the manager and running headless on the last state.
-func reconcileLoop(ctx context.Context, log *slog.Logger, period time.Duration, reconcile, report func(context.Context) error) {
+func reconcileLoop(ctx context.Context, log *slog.Logger, c *client.Client, kinds []string, period time.Duration,
+	reconcile, report func(context.Context) error) {
+	kick := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	for _, kind := range kinds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			watchKinds(ctx, c, kind, kick)
+		}()
+	}
+	defer wg.Wait()
 	tick := time.NewTicker(period)
 	defer tick.Stop()
+	beat := time.NewTicker(manager.AgentHeartbeat)
+	defer beat.Stop()
 	var lastBeat time.Time
 	online := false
 	for {
@@ -206,6 +229,25 @@ func reconcileLoop(ctx context.Context, log *slog.Logger, period time.Duration, 
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-beat.C:
+		case <-kick:
+		}
+	}
+}
+
+// watchKinds follows the manager's watch of kind and kicks on every
+// change, reconnecting (after a second) when the stream ends.
+func watchKinds(ctx context.Context, c *client.Client, kind string, kick chan<- struct{}) {
+	for ctx.Err() == nil {
+		_ = c.Watch(ctx, kind, 0, func(client.WatchEvent) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		})
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
 	}
 }

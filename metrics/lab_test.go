@@ -116,7 +116,7 @@ func TestLabCollectorScrape(t *testing.T) {
 	reg.MustRegister(mig)
 	// One recorded migration, so that the histograms are gathered and linted.
 	mig.Observe(lab.MigrationReport{DowntimeMs: 1.5, Phases: []lab.MigrationPhase{
-		{Name: lab.PhasePrepare, StartUs: 0, EndUs: 120}, {Name: lab.PhaseFreeze, StartUs: 120, EndUs: 1620}}}, "completed")
+		{Name: lab.PhasePrepare, StartUs: 0, EndUs: 120}, {Name: lab.PhaseFreeze, StartUs: 120, EndUs: 1620}}}, "succeeded")
 	srv := httptest.NewServer(metrics.Handler(reg))
 	defer srv.Close()
 

@@ -21,7 +21,7 @@ func NewMigrationObserver() *MigrationObserver {
 	return &MigrationObserver{
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: subsystemMigration, Name: "total",
-			Help: "Migrations that ended, by outcome (completed, rolled-back, failed).",
+			Help: "Migrations that ended, by outcome (succeeded, rolled-back, failed).",
 		}, []string{"outcome"}),
 		// Phases range from tens of microseconds (prepare, in process) to
 		// seconds (precopy of a large guest over TCP).

@@ -56,13 +56,13 @@ func TestScrapeDuringMigration(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migrate web-1 to esx2: %v", err)
 	}
-	obs.Observe(rep, "completed")
+	obs.Observe(rep, "succeeded")
 	t.Logf("%d scrapes during the migration", scrapes)
 
 	want := `
-# HELP vmfex_migration_total Migrations that ended, by outcome (completed, rolled-back, failed).
+# HELP vmfex_migration_total Migrations that ended, by outcome (succeeded, rolled-back, failed).
 # TYPE vmfex_migration_total counter
-vmfex_migration_total{outcome="completed"} 1
+vmfex_migration_total{outcome="succeeded"} 1
 `
 	if err := testutil.CollectAndCompare(obs, strings.NewReader(want), "vmfex_migration_total"); err != nil {
 		t.Error(err)

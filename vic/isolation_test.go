@@ -208,6 +208,8 @@ func TestRxWaitsLossless(t *testing.T) {
 	}
 	waitUntil(t, fmt.Sprintf("%d frames in the guest", n), func() bool { return g.wl.rx.Load() >= int64(n) })
 	checkSeqs(t, "guest", g.wl.received(), n)
+	// The engine counts a batch after the guest can see it.
+	waitUntil(t, "the vNIC to count every frame", func() bool { return g.vnic.Stats().RxFrames >= uint64(n) })
 	st := g.vnic.Stats()
 	if st.RxFrames != uint64(n) || st.RxDropped != 0 || st.RxWaits == 0 {
 		t.Errorf("vNIC stats %+v, want RxFrames %d, no drops, some waits", st, n)

@@ -11,12 +11,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/vmfex/vmfex/agent"
 	"github.com/vmfex/vmfex/manager"
 	"github.com/vmfex/vmfex/manager/client"
-	"github.com/vmfex/vmfex/metrics"
 )
 
 // agentToken is the token an agent presents to the manager and, for the
@@ -33,7 +33,7 @@ func (o *clientOpts) agentToken() (string, error) {
 
 // runningAgent is an FI or host agent as the commands drive it.
 type runningAgent interface {
-	MetricsSource() metrics.Source
+	Collectors() []prometheus.Collector
 	Close() error
 }
 
@@ -56,7 +56,7 @@ func runAgent(cmd *cobra.Command, o *clientOpts, who, metricsAddr string,
 	if err != nil {
 		return err
 	}
-	stopMetrics := serveAgentMetrics(cmd.ErrOrStderr(), who, a.MetricsSource(), metricsAddr)
+	stopMetrics := serveAgentMetrics(cmd.ErrOrStderr(), who, metricsAddr, a.Collectors()...)
 	defer stopMetrics()
 	<-ctx.Done()
 	return a.Close()

@@ -487,7 +487,8 @@ func TestAgentsEndToEnd(t *testing.T) {
 	}
 	for addr, want := range map[string][]string{
 		fiMetrics:   {`vmfex_fi_veth_frames_total{direction="ingress",veth="Veth32769"}`, `vmfex_fi_drops_total{reason=`},
-		hostMetrics: {`vmfex_hypervisor_vnic_mode{mode="direct",vm="web-1"} 1`, `vmfex_guest_traffic_frames_total{direction="sent",peer="web-2",vm="web-1"}`},
+		hostMetrics: {`vmfex_hypervisor_vnic_mode{mode="direct",vm="web-1"} 1`, `vmfex_guest_traffic_frames_total{direction="sent",peer="web-2",vm="web-1"}`,
+			`vmfex_migration_total{outcome="succeeded"} 1`, `vmfex_migration_total{outcome="rolled-back"} 1`, `vmfex_migration_phase_seconds_bucket{phase="precopy"`},
 	} {
 		res, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {

@@ -46,9 +46,9 @@ func serveLabMetrics(out io.Writer, l *lab.Lab, migrations *metrics.MigrationObs
 
 // serveAgentMetrics serves an agent's fabric counters on addr
 // (--metrics-listen), if given.
-func serveAgentMetrics(out io.Writer, who string, src metrics.Source, addr string) (stop func()) {
+func serveAgentMetrics(out io.Writer, who, addr string, cs ...prometheus.Collector) (stop func()) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewCollector(src))
+	reg.MustRegister(cs...)
 	return serveMetrics(out, who, addr, reg)
 }
 

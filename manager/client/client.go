@@ -189,3 +189,53 @@ func newUnix(path, token string) (*Client, error) {
 	// The host in the URL only names the socket in messages.
 	return &Client{what: "the manager", base: "http://unix", token: token, hc: hc, sock: path}, nil
 }
+
+// WatchEvent is one line of a watch stream (the manager's WatchEvent).
+type WatchEvent struct {
+	Type     string          `json:"type"` // put, delete or error
+	Kind     string          `json:"kind,omitempty"`
+	Name     string          `json:"name,omitempty"`
+	Revision int64           `json:"revision,omitempty"`
+	Object   json.RawMessage `json:"object,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	Hint     string          `json:"hint,omitempty"`
+}
+
+// Watch streams the changes to objects of kind after revision rev (0: the
+// current objects, then changes) to fn, until ctx ends or the stream does.
+// It returns the error that ended it; an "error" event ends it too.
+func (c *Client) Watch(ctx context.Context, kind string, rev int64, fn func(WatchEvent)) error {
+	req, err := http.NewRequestWithContext(ctx, "GET",
+		c.base+"/api/v1/watch?kind="+url.QueryEscape(kind)+"&revision="+strconv.FormatInt(rev, 10), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	res, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", kind, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		e := &Error{Status: res.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 1<<16))
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Message = fmt.Sprintf("watch %s: HTTP %d", kind, res.StatusCode)
+		}
+		return e
+	}
+	dec := json.NewDecoder(res.Body)
+	for {
+		var ev WatchEvent
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("watch %s: %w", kind, err)
+		}
+		if ev.Type == "error" {
+			return fmt.Errorf("watch %s: %s", kind, ev.Error)
+		}
+		fn(ev)
+	}
+}
