@@ -22,6 +22,7 @@ type clientOpts struct {
 	server    string
 	tokenFile string
 	output    string // "table" or "json"
+	tls       client.TLSFiles
 }
 
 func addClientFlags(cmd *cobra.Command, o *clientOpts) {
@@ -29,6 +30,9 @@ func addClientFlags(cmd *cobra.Command, o *clientOpts) {
 	f.StringVar(&o.server, "server", "", "manager URL (default $VMFEX_SERVER, else "+defaultServer+")")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: the token in $VMFEX_TOKEN)")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	f.StringVar(&o.tls.CA, "ca-file", "", "with an https manager: its CA certificate (default $VMFEX_CA_FILE; DATA-DIR/pki/ca.crt on the manager's machine)")
+	f.StringVar(&o.tls.Cert, "cert-file", "", "with an https manager: this client's certificate from vmfex manager issue-cert (default $VMFEX_CERT_FILE)")
+	f.StringVar(&o.tls.Key, "key-file", "", "with an https manager: this client's key (default $VMFEX_KEY_FILE)")
 }
 
 // connect returns a client from the flags, then the environment.
@@ -52,7 +56,16 @@ func (o *clientOpts) connect() (*client.Client, error) {
 	} else {
 		token = strings.TrimSpace(os.Getenv("VMFEX_TOKEN"))
 	}
-	return client.New(server, token)
+	t := o.tls
+	for _, e := range []struct {
+		v   *string
+		env string
+	}{{&t.CA, "VMFEX_CA_FILE"}, {&t.Cert, "VMFEX_CERT_FILE"}, {&t.Key, "VMFEX_KEY_FILE"}} {
+		if *e.v == "" {
+			*e.v = os.Getenv(e.env)
+		}
+	}
+	return client.NewTLS(server, token, t)
 }
 
 func printJSON(w io.Writer, v any) error {

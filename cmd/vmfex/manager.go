@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ type managerOpts struct {
 	etcdPrefix    string        // --etcd-prefix
 	advertise     string        // --advertise; "": the URL served
 	electionTTL   time.Duration // --election-ttl
+	tls           bool          // --tls: mutual TLS with the manager's own CA
 }
 
 func newManagerCmd() *cobra.Command {
@@ -44,9 +46,13 @@ profiles, VMs and their vEth numbers) in DATA-DIR/manager.db, fsynced on
 every change, and serves it as an HTTP JSON API under /api/v1 (described at
 /api/v1/openapi.yaml).
 
-For now the API is plain HTTP and --listen must be a loopback address: the
-bearer token would otherwise cross the network in clear. Clients present the
-token from --token-file; without that flag the manager uses DATA-DIR/token,
+Without --tls the API is plain HTTP and --listen must be a loopback address
+or a Unix socket: the bearer token would otherwise cross the network in
+clear. With --tls the manager serves HTTPS with mutual TLS on any address: it
+creates its own CA and server certificate in DATA-DIR/pki on first start,
+and every client (agents, the CLI) presents a certificate the CA issued
+(vmfex manager issue-cert NAME) besides the token. Clients present the token
+from --token-file; without that flag the manager uses DATA-DIR/token,
 generating it (mode 0600) on first start, and prints where it is.
 
 With --store etcd the objects live in an etcd cluster instead, under
@@ -64,7 +70,8 @@ reads; writes sent to a standby get 503 naming the active manager's
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database and the generated token (created if missing)")
-	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "loopback address and port to serve the API on, or unix:/PATH for a Unix socket")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "address and port to serve the API on (loopback unless --tls), or unix:/PATH for a Unix socket")
+	f.BoolVar(&o.tls, "tls", false, "serve HTTPS with mutual TLS (CA and server certificate in DATA-DIR/pki, created if missing); allows any --listen address")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: DATA-DIR/token, generated if missing)")
 	f.Var(&o.metrics, "metrics-listen", metricsFlagUsage)
 	f.StringVar(&o.store, "store", "bolt", "where objects are kept: bolt (DATA-DIR/manager.db) or etcd (--etcd-endpoints; active/standby managers)")
@@ -73,6 +80,33 @@ reads; writes sent to a standby get 503 naming the active manager's
 	f.StringVar(&o.advertise, "advertise", "", "with --store etcd: the URL standbys name for this manager when it is active (default: the URL served)")
 	f.DurationVar(&o.electionTTL, "election-ttl", manager.DefaultElectionTTL, "with --store etcd: how long after the active manager dies a standby takes over")
 	cmd.MarkFlagRequired("data-dir")
+	var certOut string
+	issueCert := &cobra.Command{
+		Use:   "issue-cert NAME --data-dir DIR [--out DIR]",
+		Short: "Issue a client certificate (for an agent or a CLI user) from the manager's CA, for --tls",
+		Example: `  vmfex manager issue-cert esx1 --data-dir /var/lib/vmfex
+  vmfex host run esx1 --server https://fabric-mgr:8443 --ca-file ca.crt --cert-file esx1.crt --key-file esx1.key --token-file token`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.dataDir == "" {
+				return errors.New("--data-dir is required: the manager's CA is in DATA-DIR/pki")
+			}
+			out := certOut
+			if out == "" {
+				out = filepath.Join(o.dataDir, manager.PKIDir, "clients")
+			}
+			c, k, err := manager.IssueClientCert(o.dataDir, args[0], out)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "issued %s: certificate %s, key %s; the CA is %s\n", args[0], c, k,
+				filepath.Join(o.dataDir, manager.PKIDir, manager.CACertFile))
+			return err
+		},
+	}
+	issueCert.Flags().StringVar(&o.dataDir, "data-dir", "", "the manager's data directory")
+	issueCert.Flags().StringVar(&certOut, "out", "", "where to write NAME.crt and NAME.key (default DATA-DIR/pki/clients)")
+	cmd.AddCommand(issueCert)
 	return cmd
 }
 
@@ -91,7 +125,7 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	if o.dataDir == "" {
 		return errors.New("--data-dir is required: the manager keeps its database there")
 	}
-	if err := checkLoopback(o.listen); err != nil {
+	if err := checkLoopback(o.listen); err != nil && !o.tls {
 		return err
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
@@ -122,9 +156,28 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	defer st.Close()
 	defer serveManagerMetrics(out, st, string(o.metrics))()
 	log := slog.New(slog.NewTextHandler(logOut, nil))
-	ln, url, err := manager.Listen(o.listen)
-	if err != nil {
-		return fmt.Errorf("%w (is another manager running?)", err)
+	var ln net.Listener
+	var url string
+	if o.tls {
+		host, _, err := net.SplitHostPort(o.listen)
+		if err != nil {
+			return fmt.Errorf("--listen %q is not HOST:PORT: %v", o.listen, err)
+		}
+		name, _ := os.Hostname()
+		cfg, err := manager.EnsurePKI(o.dataDir, []string{host, "127.0.0.1", "::1", "localhost", name})
+		if err != nil {
+			return fmt.Errorf("TLS: %w", err)
+		}
+		tl, err := net.Listen("tcp", o.listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w (is another manager running?)", o.listen, err)
+		}
+		ln, url = tls.NewListener(tl, cfg), "https://"+tl.Addr().String()
+	} else {
+		ln, url, err = manager.Listen(o.listen)
+		if err != nil {
+			return fmt.Errorf("%w (is another manager running?)", err)
+		}
 	}
 	defer ln.Close() // Serve closes it too; this is for the errors before
 	cfg := manager.Config{Store: st, Token: token, Logger: log}
@@ -149,11 +202,15 @@ func runManager(ctx context.Context, out, logOut io.Writer, o managerOpts, ready
 	if created {
 		verb = "generated into"
 	}
+	how := "plain HTTP, loopback only"
+	if o.tls {
+		how = "mutual TLS; CA " + filepath.Join(o.dataDir, manager.PKIDir, manager.CACertFile) + ", client certificates from vmfex manager issue-cert"
+	}
 	if est == nil {
-		fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), data in %s\n", url, o.dataDir)
+		fmt.Fprintf(out, "vmfex manager: serving %s (%s), data in %s\n", url, how, o.dataDir)
 	} else {
-		fmt.Fprintf(out, "vmfex manager: serving %s (plain HTTP, loopback only), objects in etcd %s under %s; standby until elected active\n",
-			url, o.etcdEndpoints, est.Prefix())
+		fmt.Fprintf(out, "vmfex manager: serving %s (%s), objects in etcd %s under %s; standby until elected active\n",
+			url, how, o.etcdEndpoints, est.Prefix())
 	}
 	fmt.Fprintf(out, "vmfex manager: API token %s %s; clients: --server %s --token-file %s\n", verb, tokenPath, url, tokenPath)
 

@@ -6,6 +6,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -44,7 +47,17 @@ type Client struct {
 
 // New returns a client of the manager at server (e.g.
 // "http://127.0.0.1:8443") that authenticates with token.
-func New(server, token string) (*Client, error) {
+func New(server, token string) (*Client, error) { return NewTLS(server, token, TLSFiles{}) }
+
+// TLSFiles name the PEM files of a client of a manager that serves TLS
+// (https URLs): the manager's CA, and this client's certificate and key,
+// which the manager requires (vmfex manager issue-cert makes them).
+type TLSFiles struct {
+	CA, Cert, Key string
+}
+
+// NewTLS is New for an https manager, authenticating both ends with t.
+func NewTLS(server, token string, t TLSFiles) (*Client, error) {
 	if path, ok := strings.CutPrefix(server, "unix://"); ok {
 		return newUnix(path, token)
 	}
@@ -56,10 +69,18 @@ func New(server, token string) (*Client, error) {
 		return nil, errors.New("no API token; pass --token-file FILE or set VMFEX_TOKEN (vmfex manager prints where its token file is)")
 	}
 	// No overall timeout: watches stream; callers bound requests with ctx.
-	hc := &http.Client{Transport: &http.Transport{
+	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		ResponseHeaderTimeout: 30 * time.Second,
-	}}
+	}
+	if u.Scheme == "https" {
+		cfg, err := t.config()
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig = cfg
+	}
+	hc := &http.Client{Transport: tr}
 	return &Client{what: "the manager", base: strings.TrimSuffix(u.String(), "/"), token: token, hc: hc}, nil
 }
 
@@ -238,4 +259,23 @@ func (c *Client) Watch(ctx context.Context, kind string, rev int64, fn func(Watc
 		}
 		fn(ev)
 	}
+}
+
+func (t TLSFiles) config() (*tls.Config, error) {
+	if t.CA == "" || t.Cert == "" || t.Key == "" {
+		return nil, errors.New("an https manager needs --ca-file, --cert-file and --key-file (or VMFEX_CA_FILE, VMFEX_CERT_FILE, VMFEX_KEY_FILE): its CA and a client certificate from vmfex manager issue-cert")
+	}
+	caPEM, err := os.ReadFile(t.CA)
+	if err != nil {
+		return nil, fmt.Errorf("the manager's CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", t.CA)
+	}
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
 }
