@@ -13,6 +13,7 @@ import (
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/lab"
+	"github.com/vmfex/vmfex/link"
 	"github.com/vmfex/vmfex/manager"
 	"github.com/vmfex/vmfex/manager/client"
 	"github.com/vmfex/vmfex/metrics"
@@ -22,8 +23,9 @@ func slicesSort(s []string) { sort.Strings(s) }
 
 // HostStatus is what a host agent reports.
 type HostStatus struct {
-	ServerPort string     `json:"server_port"`
-	VMs        []vmReport `json:"vms"`
+	ServerPort string         `json:"server_port"`
+	Uplink     link.PortStats `json:"uplink"` // the adapter's cable to the FI
+	VMs        []vmReport     `json:"vms"`
 }
 
 type vmReport struct {
@@ -51,7 +53,7 @@ func FIStatusOf(a manager.Agent) (FIStatus, error) {
 
 func (a *HostAgent) report(ctx context.Context) error {
 	a.mu.Lock()
-	st := HostStatus{ServerPort: a.obj.ServerPort}
+	st := HostStatus{ServerPort: a.obj.ServerPort, Uplink: a.Host.Adapter.UplinkStats()}
 	for _, vm := range a.vms {
 		r := vmReport{Name: vm.Name(), VEth: vm.VEth, Vif: vm.Vif, Mode: vm.Mode().String(), Guest: vm.Config().Spec.Guest}
 		if vm.Traffic != nil {

@@ -486,7 +486,7 @@ func TestAgentsEndToEnd(t *testing.T) {
 		t.Errorf("probes: %+v; want 0 lost, 0 duplicated", last)
 	}
 	for addr, want := range map[string][]string{
-		fiMetrics:   {`vmfex_fi_veth_frames_total{direction="ingress",veth="Veth32769"}`, `vmfex_fi_drops_total{reason=`},
+		fiMetrics: {`vmfex_fi_veth_frames_total{direction="ingress",veth="Veth32769"}`, `vmfex_fi_drops_total{reason=`},
 		hostMetrics: {`vmfex_hypervisor_vnic_mode{mode="direct",vm="web-1"} 1`, `vmfex_guest_traffic_frames_total{direction="sent",peer="web-2",vm="web-1"}`,
 			`vmfex_migration_total{outcome="succeeded"} 1`, `vmfex_migration_total{outcome="rolled-back"} 1`, `vmfex_migration_phase_seconds_bucket{phase="precopy"`},
 	} {
