@@ -408,6 +408,7 @@ func (a *HostAgent) migrate(mg manager.Migration, d *desired) {
 		report = r
 		rep.update(func(m *manager.Migration) {
 			m.TotalMs, m.DowntimeMs, m.PrecopyRounds, m.BytesTransferred = r.TotalMs, r.DowntimeMs, r.PrecopyRounds, r.BytesTransferred
+			m.CableLossAtFreeze = r.CableLossAtFreeze
 		})
 		return err
 	}()

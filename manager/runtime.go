@@ -141,8 +141,12 @@ type Migration struct {
 	DowntimeMs       float64          `json:"downtime_ms,omitempty"`
 	PrecopyRounds    int              `json:"precopy_rounds,omitempty"`
 	BytesTransferred uint64           `json:"bytes_transferred,omitempty"`
-	Error            string           `json:"error,omitempty"`
-	CreatedUnixMs    int64            `json:"created_unix_ms,omitempty"`
+	// CableLossAtFreeze: frames a lossy cable had dropped when the
+	// freeze's count barrier stopped waiting for them (lost by the cable,
+	// not by the migration).
+	CableLossAtFreeze uint64 `json:"cable_loss_at_freeze,omitempty"`
+	Error             string `json:"error,omitempty"`
+	CreatedUnixMs     int64  `json:"created_unix_ms,omitempty"`
 }
 
 func (m *Migration) objName() string  { return m.Name }
