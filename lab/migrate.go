@@ -22,9 +22,10 @@ package lab
 //	                 FI rebinds the vEth to the destination; Commit; the
 //	                 destination claims the vEth at the FI (the commit
 //	                 point), queues a RARP announcing the VM's MAC, runs the
-//	                 VM, has the FI release the held frames, and acks
-//	emulated_to_vic  the destination moves the vNIC, live, onto its adapter
-//	                 and says so (Direct)
+//	                 VM and acks
+//	emulated_to_vic  the destination has the FI release the held frames,
+//	                 moves the vNIC, live, onto its adapter and says so
+//	                 (Direct)
 //
 // Before the commit point any failure — the destination refuses, the
 // stream drops, the destination disappears, a timeout — rolls back: the VM
@@ -484,7 +485,10 @@ func (m *migrationRun) run(ctx context.Context) (MigrationReport, error) {
 	m.begin(PhaseEmulatedToVIC)
 	var directErr error
 	if commitErr == nil {
-		_, directErr = m.src.Expect(rctx, migration.MsgDirect)
+		// Its own deadline: the release of the held frames comes first.
+		dctx, dcancel := context.WithTimeout(ctx, settleTimeout+commitTimeout)
+		_, directErr = m.src.Expect(dctx, migration.MsgDirect)
+		dcancel()
 	} else {
 		directErr = errors.New("the stream broke before the destination reported")
 	}
@@ -688,12 +692,14 @@ func ServeIncoming(ctx context.Context, conn net.Conn, h *Host, fc FabricControl
 	if err := in.ResumeIncoming(st, vcpu.IRQ); err != nil {
 		return in, err
 	}
-	// The VM runs here: the frames the FI held for it go down to it now.
+	// The VM runs here. Best effort: the source learns the outcome from
+	// the FI too.
+	_ = c.Send(ctx, &migration.Msg{Type: migration.MsgAck, Of: migration.MsgCommit})
+	// The frames the FI held for it go down to it now; a guest slow to
+	// take them (the cable is lossless) makes this wait, not the ack.
 	if err := fc.ReleaseVEth(in.VEth); err != nil {
 		return in, err
 	}
-	// Best effort from here: the source learns the outcome from the FI too.
-	_ = c.Send(ctx, &migration.Msg{Type: migration.MsgAck, Of: migration.MsgCommit})
 	if _, err := in.SwitchMode(ctx, hypervisor.ModeDirect); err != nil {
 		return in, err
 	}

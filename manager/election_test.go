@@ -7,16 +7,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/vmfex/vmfex/internal/etcdtest"
 	"github.com/vmfex/vmfex/internal/testutil"
 	"github.com/vmfex/vmfex/manager/store"
 )
@@ -29,27 +28,12 @@ const electionWait = 3 * time.Minute
 // and returns its client URL; the test's cleanup stops it.
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.UnsafeNoFsync = true // crash durability is not what these tests check
-	u, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
+	endpoint, stop, err := etcdtest.Start(t.TempDir(), electionWait)
 	if err != nil {
-		t.Fatalf("start embedded etcd: %v", err)
+		t.Fatal(err)
 	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		t.Fatalf("embedded etcd failed: %v", err)
-	case <-time.After(electionWait):
-		t.Fatalf("embedded etcd not ready within %v", electionWait)
-	}
-	return "http://" + e.Clients[0].Addr().String()
+	t.Cleanup(stop)
+	return endpoint
 }
 
 // member is one manager of an active/standby pair: its store, election and

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,15 +57,7 @@ func newFabricProcs(t *testing.T) *fabricProcs {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		for name, p := range f.procs {
-			p.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				p.Process.Kill()
-				<-done
-			}
+			stopProcess(p, 30*time.Second)
 			delete(f.procs, name)
 		}
 		if t.Failed() {

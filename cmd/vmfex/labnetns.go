@@ -454,16 +454,7 @@ func (l *netnsLab) drain() (guest.Summary, error) {
 // removes the namespaces; their veths go with them.
 func (l *netnsLab) teardown() error {
 	for i := len(l.procs) - 1; i >= 0; i-- {
-		p := l.procs[i]
-		p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			p.Process.Kill()
-			<-done
-		}
+		stopProcess(l.procs[i], 30*time.Second)
 	}
 	var errs []error
 	for i := len(l.nss) - 1; i >= 0; i-- {
@@ -521,4 +512,18 @@ func (l *netnsLab) cableDrops() uint64 {
 		}
 	}
 	return n
+}
+
+// stopProcess asks p to stop (SIGTERM), gives it grace to do so, then kills
+// it, and reaps it.
+func stopProcess(p *exec.Cmd, grace time.Duration) {
+	p.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		p.Process.Kill()
+		<-done
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -15,9 +14,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
+	"github.com/vmfex/vmfex/internal/etcdtest"
 	"github.com/vmfex/vmfex/internal/testutil"
 )
 
@@ -44,33 +42,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startEtcd starts a single-member etcd in dir on free loopback ports.
-func startEtcd(dir string) (endpoint string, stop func(), err error) {
-	cfg := embed.NewConfig()
-	cfg.Dir = dir
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	// Durability across crashes is not what these tests check.
-	cfg.UnsafeNoFsync = true
-	u, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*u}, []url.URL{*u}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return "", nil, fmt.Errorf("start embedded etcd: %w", err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return "", nil, fmt.Errorf("embedded etcd failed: %w", err)
-	case <-time.After(etcdWait):
-		e.Close()
-		return "", nil, fmt.Errorf("embedded etcd not ready within %v", etcdWait)
-	}
-	return "http://" + e.Clients[0].Addr().String(), e.Close, nil
-}
-
 // etcdEndpoint returns the shared server's client URL, starting it on first
 // use. Call it before testutil.CheckGoroutines so that the server's
 // goroutines do not count as the test's.
@@ -83,7 +54,7 @@ func etcdEndpoint(t *testing.T) string {
 			return
 		}
 		var stop func()
-		testEtcd.endpoint, stop, testEtcd.err = startEtcd(dir)
+		testEtcd.endpoint, stop, testEtcd.err = etcdtest.Start(dir, etcdWait)
 		testEtcd.stop = func() {
 			if stop != nil {
 				stop()
