@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,10 +28,13 @@ type FIConfig struct {
 	Manager *client.Client // the manager
 	Token   string         // the manager's token; the control API takes it too
 	// ControlListen is the control API's address (default 127.0.0.1:0):
-	// a loopback HOST:PORT or unix:/PATH.
+	// a loopback HOST:PORT or unix:/PATH; with ControlTLS any HOST:PORT.
 	ControlListen string
-	Reconcile     time.Duration // default DefaultReconcile
-	Logger        *slog.Logger
+	// ControlTLS, if set, serves the control API with mutual TLS (see
+	// manager.ServerTLS): host agents present their certificates.
+	ControlTLS *tls.Config
+	Reconcile  time.Duration // default DefaultReconcile
+	Logger     *slog.Logger
 }
 
 // FIAgent runs a Fabric Interconnect for the manager.
@@ -71,7 +75,17 @@ func StartFI(ctx context.Context, cfg FIConfig) (*FIAgent, error) {
 	if err := a.FI.Start(); err != nil {
 		return nil, err
 	}
-	ln, url, err := manager.Listen(cfg.ControlListen)
+	var ln net.Listener
+	var url string
+	var err error
+	if cfg.ControlTLS != nil {
+		var tl net.Listener
+		if tl, err = net.Listen("tcp", cfg.ControlListen); err == nil {
+			ln, url = tls.NewListener(tl, cfg.ControlTLS), "https://"+tl.Addr().String()
+		}
+	} else {
+		ln, url, err = manager.Listen(cfg.ControlListen)
+	}
 	if err != nil {
 		a.FI.Close()
 		return nil, fmt.Errorf("fi agent: control API: %w", err)

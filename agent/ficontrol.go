@@ -155,9 +155,10 @@ type FIClient struct {
 
 var _ lab.FabricControl = (*FIClient)(nil)
 
-// NewFIClient returns the client of the FI agent's control API at url.
-func NewFIClient(url, token string) (*FIClient, error) {
-	c, err := client.NewService("the FI agent's control API", url, token)
+// NewFIClient returns the client of the FI agent's control API at url; an
+// https URL needs t (the client certificate the agent has for the manager).
+func NewFIClient(url, token string, t client.TLSFiles) (*FIClient, error) {
+	c, err := client.NewService("the FI agent's control API", url, token, t)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmfex/vmfex/fabric"
 	"github.com/vmfex/vmfex/link"
+	"github.com/vmfex/vmfex/manager/client"
 )
 
 // newControl returns an FI with two server ports behind its control API,
@@ -32,7 +33,7 @@ func newControl(t *testing.T) (*fabric.FI, *FIClient, string) {
 	t.Cleanup(func() { fi.Close() })
 	srv := httptest.NewServer(newControlServer(fi, "secret"))
 	t.Cleanup(srv.Close)
-	c, err := NewFIClient(srv.URL, "secret")
+	c, err := NewFIClient(srv.URL, "secret", client.TLSFiles{})
 	if err != nil {
 		t.Fatal(err)
 	}

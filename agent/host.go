@@ -25,6 +25,9 @@ type HostConfig struct {
 	Name    string         // the host object's name
 	Manager *client.Client // the manager
 	Token   string         // the manager's token (the FI's control API takes it too)
+	// TLS are the certificate files the agent presents to the FI agent's
+	// control API when it serves TLS (the same as for the manager).
+	TLS client.TLSFiles
 	// MigrationListen is the migration listener's address (default
 	// 127.0.0.1:0).
 	MigrationListen string
@@ -182,7 +185,7 @@ func (a *HostAgent) reconcile(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if fa, ok := d.agents[manager.AgentName(manager.RoleFI, a.obj.FI)]; ok && fa.ControlURL != a.fcURL {
-		fc, err := NewFIClient(fa.ControlURL, a.cfg.Token)
+		fc, err := NewFIClient(fa.ControlURL, a.cfg.Token, a.cfg.TLS)
 		if err != nil {
 			return err
 		}

@@ -50,7 +50,7 @@ func EnsurePKI(dataDir string, hosts []string) (*tls.Config, error) {
 	}
 	certPath, keyPath := filepath.Join(dir, ServerCert), filepath.Join(dir, serverKeyFile)
 	if _, err := os.Stat(certPath); errors.Is(err, os.ErrNotExist) {
-		if err := issue(caCert, caKey, "vmfex manager", hosts, x509.ExtKeyUsageServerAuth, certPath, keyPath); err != nil {
+		if err := issue(caCert, caKey, "vmfex manager", hosts, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, certPath, keyPath); err != nil {
 			return nil, err
 		}
 	}
@@ -71,6 +71,13 @@ func EnsurePKI(dataDir string, hosts []string) (*tls.Config, error) {
 // IssueClientCert issues a client certificate for name with the CA in
 // dataDir/pki, writing outDir/NAME.crt and outDir/NAME.key (mode 0600).
 func IssueClientCert(dataDir, name, outDir string) (certPath, keyPath string, err error) {
+	return IssueCert(dataDir, name, outDir, nil)
+}
+
+// IssueCert is IssueClientCert for a certificate that also serves TLS for
+// hosts (IP addresses and DNS names) when any are given: an FI agent's
+// control API.
+func IssueCert(dataDir, name, outDir string, hosts []string) (certPath, keyPath string, err error) {
 	if !ValidName(name) {
 		return "", "", fmt.Errorf("client name %q: use letters, digits, '.', '_' or '-'", name)
 	}
@@ -82,7 +89,31 @@ func IssueClientCert(dataDir, name, outDir string) (certPath, keyPath string, er
 		return "", "", err
 	}
 	certPath, keyPath = filepath.Join(outDir, name+".crt"), filepath.Join(outDir, name+".key")
-	return certPath, keyPath, issue(caCert, caKey, name, nil, x509.ExtKeyUsageClientAuth, certPath, keyPath)
+	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if len(hosts) > 0 {
+		usage = append(usage, x509.ExtKeyUsageServerAuth)
+	}
+	return certPath, keyPath, issue(caCert, caKey, name, hosts, usage, certPath, keyPath)
+}
+
+// ServerTLS returns the configuration of a server (an FI agent's control
+// API) that presents the certificate in certFile/keyFile and admits only
+// clients with a certificate the CA in caFile issued.
+func ServerTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
 }
 
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
@@ -132,7 +163,7 @@ func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	return cert, key, nil
 }
 
-func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, hosts []string, usage x509.ExtKeyUsage, certPath, keyPath string) error {
+func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, hosts []string, usage []x509.ExtKeyUsage, certPath, keyPath string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -143,7 +174,7 @@ func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, hosts []str
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(certValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		ExtKeyUsage:  usage,
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

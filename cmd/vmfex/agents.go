@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -64,6 +65,7 @@ func runAgent(cmd *cobra.Command, o *clientOpts, who, metricsAddr string,
 
 func newFIRunCmd(o *clientOpts) *cobra.Command {
 	var control string
+	var controlTLS bool
 	var metricsAddr metricsListen
 	cmd := &cobra.Command{
 		Use:   "run NAME",
@@ -77,7 +79,18 @@ second. Without the manager it keeps forwarding on its last state.`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runAgent(cmd, o, "fi", string(metricsAddr), func(ctx context.Context, c *client.Client, tok string, log *slog.Logger) (runningAgent, error) {
-				a, err := agent.StartFI(ctx, agent.FIConfig{Name: args[0], Manager: c, Token: tok, ControlListen: control, Logger: log})
+				cfg := agent.FIConfig{Name: args[0], Manager: c, Token: tok, ControlListen: control, Logger: log}
+				if controlTLS {
+					t := o.tlsFiles()
+					if t.Cert == "" {
+						return nil, errors.New("--control-tls serves the FI's certificate: pass --ca-file, --cert-file and --key-file (issue it with vmfex manager issue-cert NAME --server-host ADDR)")
+					}
+					var err error
+					if cfg.ControlTLS, err = manager.ServerTLS(t.CA, t.Cert, t.Key); err != nil {
+						return nil, fmt.Errorf("--control-tls: %w", err)
+					}
+				}
+				a, err := agent.StartFI(ctx, cfg)
 				if err == nil {
 					log.Info("fi agent running", "fi", args[0], "control", a.ControlURL())
 				}
@@ -85,7 +98,8 @@ second. Without the manager it keeps forwarding on its last state.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&control, "control-listen", "127.0.0.1:0", "address of the control API host agents use: loopback HOST:PORT or unix:/PATH")
+	cmd.Flags().StringVar(&control, "control-listen", "127.0.0.1:0", "address of the control API host agents use: loopback HOST:PORT or unix:/PATH (any HOST:PORT with --control-tls)")
+	cmd.Flags().BoolVar(&controlTLS, "control-tls", false, "serve the control API with mutual TLS, with this agent's --cert-file (issued with --server-host) and --ca-file")
 	cmd.Flags().Var(&metricsAddr, "metrics-listen", metricsFlagUsage)
 	return cmd
 }
@@ -106,7 +120,8 @@ second. Without the manager its VMs keep running on the last state.`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runAgent(cmd, o, "host", string(metricsAddr), func(ctx context.Context, c *client.Client, tok string, log *slog.Logger) (runningAgent, error) {
-				return agent.StartHost(ctx, agent.HostConfig{Name: args[0], Manager: c, Token: tok, MigrationListen: migration, Logger: log})
+				return agent.StartHost(ctx, agent.HostConfig{Name: args[0], Manager: c, Token: tok, TLS: o.tlsFiles(),
+					MigrationListen: migration, Logger: log})
 			})
 		},
 	}

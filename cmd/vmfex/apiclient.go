@@ -56,6 +56,11 @@ func (o *clientOpts) connect() (*client.Client, error) {
 	} else {
 		token = strings.TrimSpace(os.Getenv("VMFEX_TOKEN"))
 	}
+	return client.NewTLS(server, token, o.tlsFiles())
+}
+
+// tlsFiles returns the TLS files from the flags, then the environment.
+func (o *clientOpts) tlsFiles() client.TLSFiles {
 	t := o.tls
 	for _, e := range []struct {
 		v   *string
@@ -65,7 +70,7 @@ func (o *clientOpts) connect() (*client.Client, error) {
 			*e.v = os.Getenv(e.env)
 		}
 	}
-	return client.NewTLS(server, token, t)
+	return t
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -81,6 +81,7 @@ reads; writes sent to a standby get 503 naming the active manager's
 	f.DurationVar(&o.electionTTL, "election-ttl", manager.DefaultElectionTTL, "with --store etcd: how long after the active manager dies a standby takes over")
 	cmd.MarkFlagRequired("data-dir")
 	var certOut string
+	var serverHosts []string
 	issueCert := &cobra.Command{
 		Use:   "issue-cert NAME --data-dir DIR [--out DIR]",
 		Short: "Issue a client certificate (for an agent or a CLI user) from the manager's CA, for --tls",
@@ -95,7 +96,7 @@ reads; writes sent to a standby get 503 naming the active manager's
 			if out == "" {
 				out = filepath.Join(o.dataDir, manager.PKIDir, "clients")
 			}
-			c, k, err := manager.IssueClientCert(o.dataDir, args[0], out)
+			c, k, err := manager.IssueCert(o.dataDir, args[0], out, serverHosts)
 			if err != nil {
 				return err
 			}
@@ -106,6 +107,7 @@ reads; writes sent to a standby get 503 naming the active manager's
 	}
 	issueCert.Flags().StringVar(&o.dataDir, "data-dir", "", "the manager's data directory")
 	issueCert.Flags().StringVar(&certOut, "out", "", "where to write NAME.crt and NAME.key (default DATA-DIR/pki/clients)")
+	issueCert.Flags().StringSliceVar(&serverHosts, "server-host", nil, "the certificate also serves TLS for these addresses or names (an FI agent's --control-tls)")
 	cmd.AddCommand(issueCert)
 	return cmd
 }

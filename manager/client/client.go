@@ -86,8 +86,8 @@ func NewTLS(server, token string, t TLSFiles) (*Client, error) {
 
 // NewService is New for another service that speaks the same JSON and
 // token conventions (an FI agent's control API); what names it in errors.
-func NewService(what, server, token string) (*Client, error) {
-	c, err := New(server, token)
+func NewService(what, server, token string, t TLSFiles) (*Client, error) {
+	c, err := NewTLS(server, token, t)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
