@@ -13,10 +13,13 @@ package guest
 // goroutine only.
 //
 // Ordering on the rings:
-//   - tx: the packet's descriptor is written (addr, dw3) before its dw2,
-//     which holds the gen bit, is stored with release; the device loads dw2
-//     with acquire. Packets are single-descriptor, so SOP is EOP and the
-//     "SOP gen written last" rule is this one store.
+//   - tx: a descriptor is written (addr, dw3) before its dw2, which holds
+//     the gen bit, is stored with release; the device loads dw2 with
+//     acquire. TxCommit's packets are single-descriptor, so SOP is EOP and
+//     the "SOP gen written last" rule is this one store. TxSend's packets
+//     span several descriptors: the SOP is written with the inverted gen,
+//     the rest with theirs, and the SOP's gen is flipped last (release),
+//     so the device never sees half a packet (spec §4.6).
 //   - rx refill: addr is written before dw2 (len, btype, gen) is released.
 //   - completions: the driver loads the completion's dw3 (gen) with acquire
 //     before reading its other words.
@@ -353,6 +356,73 @@ func (d *Driver) TxCommit(n int) {
 	d.set(stDeferred, d.st(stDeferred)+1)
 	d.count(cTxPackets, 1)
 	d.count(cTxBytes, uint64(n))
+}
+
+// TxRoom implements NetDev: every free descriptor's buffer, one slot kept
+// empty (spec §4.6).
+func (d *Driver) TxRoom() int {
+	if d.st(stOpen) != stOpenMagic {
+		return 0
+	}
+	return int(d.l.TxSize-1-d.st(stTxOutst)) * int(d.l.TxBufSize)
+}
+
+// TxSend implements NetDev: one packet over ceil(len(f)/TxBufSize)
+// descriptors, each slot's own buffer (slot i holds buffer i, as for
+// TxCommit), with the offload fields on the SOP descriptor and CQ|EOP on
+// the last.
+func (d *Driver) TxSend(f []byte, o TxOffload) bool {
+	bs := int(d.l.TxBufSize)
+	n := (len(f) + bs - 1) / bs
+	if d.st(stOpen) != stOpenMagic || n == 0 || (o.Mode != vmxnet3.OMTSO && n > vmxnet3.MaxTxDescPerPkt) {
+		return false
+	}
+	if uint32(n) > d.l.TxSize-1-d.st(stTxOutst) {
+		d.count(cTxRingFull, 1)
+		return false
+	}
+	d.set(stTxReserved, 0)
+	m := d.m
+	i, gen := d.st(stTxNext), d.st(stTxGen)
+	sop := d.l.TxRing + uint64(i)*vmxnet3.DescSize
+	var sopDW2 uint32
+	for j := range n {
+		buf := d.l.TxBufs + uint64(i)*uint64(bs)
+		chunk := f[j*bs : min((j+1)*bs, len(f))]
+		_ = m.Write(buf, chunk)
+		desc := vmxnet3.TxDesc{Addr: buf, Len: uint32(len(chunk)), Gen: gen == 1}
+		if j == 0 {
+			desc.Gen = gen != 1 // not the device's yet: flipped last
+			desc.OM, desc.HLen, desc.MSSCOF = o.Mode, o.HLen, o.MSSCOF
+		}
+		if j == n-1 {
+			desc.EOP, desc.CQ = true, true
+		}
+		addr, dw2, dw3 := desc.Words()
+		pa := d.l.TxRing + uint64(i)*vmxnet3.DescSize
+		m.PutU64(pa+vmxnet3.TxDescAddr, addr)
+		m.PutU32(pa+vmxnet3.TxDescDW3, dw3)
+		// Publish: addr and dw3 before the gen bit in dw2 (release).
+		m.StoreU32Release(pa+vmxnet3.TxDescDW2, dw2)
+		if j == 0 {
+			sopDW2 = dw2
+		}
+		i++
+		if i == d.l.TxSize {
+			i = 0
+			gen ^= 1
+		}
+	}
+	// Publish the packet: the whole chain is written before the SOP's gen
+	// flips to the device's (release).
+	m.StoreU32Release(sop+vmxnet3.TxDescDW2, sopDW2^vmxnet3.TxGenBit)
+	d.set(stTxGen, gen)
+	d.set(stTxNext, i)
+	d.set(stTxOutst, d.st(stTxOutst)+uint32(n))
+	d.set(stDeferred, d.st(stDeferred)+1)
+	d.count(cTxPackets, 1)
+	d.count(cTxBytes, uint64(len(f)))
+	return true
 }
 
 // Flush rings the tx doorbell if packets were committed since the last one.

@@ -29,7 +29,8 @@ func newLoopback(m *mem.Memory, sink vmxnet3.InterruptSink, mac wire.MAC) *loopb
 		default:
 		}
 	})
-	for i := 0; i < 32; i++ {
+	// As many buffers as a TSO packet may need.
+	for i := 0; i < vmxnet3.MaxTSOSegs; i++ {
 		lb.bufs = append(lb.bufs, make([]byte, 9216))
 	}
 	return lb

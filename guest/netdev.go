@@ -18,6 +18,34 @@ type NetDev interface {
 	// TxCommit posts the frame of n bytes written at the reserved buffer.
 	// The doorbell may be deferred until the end of the vCPU step.
 	TxCommit(n int)
+
+	// TxRoom returns the longest frame TxSend can post now (0 while the tx
+	// ring is full).
+	TxRoom() int
+	// TxSend copies f into the tx ring's buffers, across as many
+	// descriptors as it needs, and posts it as one packet asking the NIC
+	// for offload o (spec §4.2). It reports false, posting nothing, when f
+	// does not fit TxRoom (or is empty), or when a frame without TSO would
+	// need more than vmxnet3.MaxTxDescPerPkt descriptors. The caller keeps
+	// f. A reserved, uncommitted TxReserve buffer is given up. The
+	// doorbell may be deferred until the end of the vCPU step.
+	TxSend(f []byte, o TxOffload) bool
+}
+
+// TxOffload is what a frame asks of the NIC's transmit offloads: the SOP
+// descriptor's om, hlen and msscof (spec §4.2). The zero value asks for
+// nothing.
+type TxOffload struct {
+	// Mode is vmxnet3.OMNone, OMCsum or OMTSO.
+	Mode uint8
+	// HLen is, for OMCsum, where checksumming starts; for OMTSO, the
+	// length of the L2+L3+L4 headers (at most vmxnet3.MaxHLen).
+	HLen uint16
+	// MSSCOF is, for OMCsum, the offset of the checksum field from the
+	// frame's start (HLen + its offset in the L4 header); for OMTSO, the
+	// MSS. For OMTSO the frame's TCP checksum field holds the seed
+	// vmxnet3.PrepareTSO writes.
+	MSSCOF uint16
 }
 
 // Workload is a guest program driven by the vCPU. Its whole state lives in

@@ -64,6 +64,11 @@ func (d *fakeNIC) TxCommit(n int) {
 	d.commits++
 }
 
+// TxRoom and TxSend: the probe workloads never use the offload-aware send.
+func (d *fakeNIC) TxRoom() int { return 0 }
+
+func (d *fakeNIC) TxSend([]byte, TxOffload) bool { return false }
+
 // take returns copies of the committed frames and completes them.
 func (d *fakeNIC) take() [][]byte {
 	var out [][]byte

@@ -5,8 +5,10 @@ package hypervisor
 //	tx  1. the guest writes TXPROD in BAR0: the write traps into the
 //	       hypervisor, handled synchronously on the vCPU as a VM exit is
 //	    2. the device model copies the packets out of guest memory into
-//	       host buffers (vmxnet3.Device.ProcessTx) and applies 802.1Q
-//	       insertion the descriptor asked for
+//	       host buffers (vmxnet3.Device.ProcessTx), performing checksum
+//	       offload and TSO (one buffer per segment: a TSO packet waits
+//	       until the VEM has room for all its segments), and applies
+//	       802.1Q insertion the descriptor asked for
 //	    3. the VEM port sends them up through the VM's dynamic vNIC, which
 //	       the hypervisor now drives; the FI sees the same vEth
 //	    4. completions are written and the guest's vector raised, still in
@@ -39,8 +41,12 @@ type FrameSender interface {
 	OnTxRoom(fn func())
 }
 
-// emuBatch is the packets gathered per ProcessTx in the trap.
+// emuBatch is the frames gathered per ProcessTx in the trap; a TSO
+// packet's segments leave in one batch, so it is at least
+// vmxnet3.MaxTSOSegs.
 const emuBatch = 64
+
+var _ [emuBatch - vmxnet3.MaxTSOSegs]struct{} // emuBatch >= MaxTSOSegs
 
 // EmulatedNIC is the hypervisor's VMXNET3 device for one VM vNIC.
 type EmulatedNIC struct {
@@ -121,10 +127,16 @@ func (t trapBAR0) Write32(off uint32, v uint32) {
 func (e *EmulatedNIC) processTx(q int) {
 	e.txMu.Lock()
 	defer e.txMu.Unlock()
+	// Usually one frame's room is enough to make progress; a TSO packet
+	// that did not fit needs room for all its segments, which leave
+	// together (TxBufsNeeded, asked only when a batch took nothing).
+	need := 1
 	for {
 		room := min(e.out.TxRoom(), emuBatch)
-		if room == 0 {
-			if e.out.WantTxRoom() {
+		if room < need {
+			// WantTxRoom keeps the call-back asked for while the room is
+			// short of a batch; look again in case it grew meanwhile.
+			if e.out.WantTxRoom() && min(e.out.TxRoom(), emuBatch) >= need {
 				continue
 			}
 			e.txWaits.Add(1)
@@ -134,6 +146,9 @@ func (e *EmulatedNIC) processTx(q int) {
 			e.views[i] = b.Space()[:link.MaxFrame]
 		}
 		if e.dev.ProcessTx(q, e.views[:room], e.lens, e.metas, e.send) == 0 {
+			if need = e.dev.TxBufsNeeded(q); need > room {
+				continue // a TSO packet waits for more room: ask for it
+			}
 			return
 		}
 	}

@@ -39,6 +39,12 @@ func guestWorkload(m *mem.Memory, c VMConfig, driver guest.DriverConfig) (guest.
 	if vs.Guest != GuestLinux {
 		return nil, fmt.Errorf("lab: VM %s: unknown guest %q (%q, %q)", vs.Name, vs.Guest, GuestProbe, GuestLinux)
 	}
+	// The guest reads a frame from its TAP only when its tx ring has room
+	// for the longest (a 64 KiB TSO segment).
+	if l := driver.Layout(); int(l.TxSize-1)*int(l.TxBufSize) < linuxguest.TxRoomNeeded {
+		return nil, fmt.Errorf("lab: VM %s: a Linux guest's tx ring must hold %d bytes (a 64 KiB TSO segment); %d buffers of %d bytes hold %d: raise the driver's tx ring size",
+			vs.Name, linuxguest.TxRoomNeeded, l.TxSize-1, l.TxBufSize, int(l.TxSize-1)*int(l.TxBufSize))
+	}
 	cfg := linuxguest.Config{Name: vs.Name, MAC: vs.MAC, MTU: int(driver.MTU)}
 	if vs.IP != ([4]byte{}) {
 		cfg.Addr = netip.PrefixFrom(netip.AddrFrom4(vs.IP), LinuxGuestPrefixLen)

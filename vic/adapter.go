@@ -8,7 +8,10 @@
 //	tx  1. the guest writes TXPROD in the vNIC's BAR0: no hypervisor; the
 //	       doorbell queues the vNIC on the adapter's tx engine
 //	    2. the tx engine reads descriptors and buffers straight out of
-//	       guest memory (vmxnet3.Device.ProcessTx) into link buffers
+//	       guest memory (vmxnet3.Device.ProcessTx) into link buffers; the
+//	       device model performs the guest's offloads there, so a TSO
+//	       packet becomes one MTU-sized frame (link buffer) per segment,
+//	       all in one batch: segments are made where frames meet the cable
 //	    3. it pushes an 802.1Q tag (the vif's default VLAN, or the tag the
 //	       descriptor asked for) and a VN-Tag (d=0, svif=vif) in place
 //	    4. the batch goes out on the uplink; completions are written and the
@@ -229,8 +232,12 @@ func (a *Adapter) SetVifVLAN(vif, vlan uint16) {
 // UplinkStats returns the uplink's counters.
 func (a *Adapter) UplinkStats() link.PortStats { return a.uplink.Stats() }
 
-// txBatch is the tx engine's batch size (frames per ProcessTx).
+// txBatch is the tx engine's batch size (frames per ProcessTx). A TSO
+// packet's segments leave in one batch, so it is at least the device's
+// vmxnet3.MaxTSOSegs.
 const txBatch = 64
+
+var _ [txBatch - vmxnet3.MaxTSOSegs]struct{} // txBatch >= MaxTSOSegs
 
 // txEngine serves tx doorbells: one batch per ready vNIC in turn, so one
 // busy guest cannot starve the others.

@@ -160,14 +160,18 @@ func (v *VNIC) HostTxRoom() int {
 }
 
 // HostWantRoom asks for an OnHostTxRoom call once the queue has room; it
-// reports true, promising nothing, when there is room already.
+// reports true when there is room already. The call-back stays asked for
+// while the room is less than a batch, so that a sender that needs more
+// than what there is — a TSO packet's segments, which leave together — is
+// called again after the next batch drained (a spurious call-back is
+// harmless: the sender looks at TxRoom again).
 func (v *VNIC) HostWantRoom() bool {
 	v.wantRoom.Store(true)
-	if v.HostTxRoom() > 0 {
+	room := v.HostTxRoom()
+	if room >= txBatch {
 		v.wantRoom.Store(false)
-		return true
 	}
-	return false
+	return room > 0
 }
 
 // OnHostTxRoom sets the call-back the tx engine makes when the queue, found

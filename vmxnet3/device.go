@@ -40,8 +40,9 @@ type Device struct {
 		cfg        Config // latched at ACTIVATE / UPDATE_*
 		activateOK bool
 	}
-	active     atomic.Bool // rings are live (ACTIVATE succeeded, not quiesced or reset)
-	frozen     atomic.Bool // a hand-off is in progress: engines idle, frames held
+	active     atomic.Bool   // rings are live (ACTIVATE succeeded, not quiesced or reset)
+	mtu        atomic.Uint32 // ctl.cfg.MTU for the tx engine, which must not take ctl; stored wherever ctl.cfg is
+	frozen     atomic.Bool   // a hand-off is in progress: engines idle, frames held
 	txq        [MaxTxQueues]txQueue
 	rxq        [MaxRxQueues]rxQueue
 	irq        irqState
@@ -88,6 +89,12 @@ type txQueue struct {
 	// scratch for one batch; guarded by mu
 	eop []uint32
 	cq  []bool
+	// need is the buffers the packet at the head needs, as the last
+	// ProcessTx found (TxBufsNeeded); guarded by mu.
+	need int
+	// tso gathers one TSO packet (MaxTSOLen), allocated on first use;
+	// guarded by mu, holds nothing between calls.
+	tso []byte
 }
 
 type rxQueue struct {
@@ -148,7 +155,7 @@ type DropCounters struct {
 	RxQueueError  atomic.Uint64 // rx queue stopped on an error
 	TxOversize    atomic.Uint64 // gathered packet larger than the caller's buffer
 	TxQueueError  atomic.Uint64 // packets abandoned when a tx queue stopped
-	TxUnsupported atomic.Uint64 // offload mode not supported
+	TxUnsupported atomic.Uint64 // offload not supported, or its fields contradict the packet's headers
 }
 
 // Errors.
@@ -434,6 +441,7 @@ func (d *Device) activate() {
 		return
 	}
 	d.ctl.cfg = cfg
+	d.mtu.Store(cfg.MTU)
 	for q := 0; q < cfg.NumTxQueues; q++ {
 		tq := &d.txq[q]
 		pa := cfg.QueueDescPA + uint64(q)*QueueDescSize
@@ -444,7 +452,7 @@ func (d *Device) activate() {
 		tq.comp.Reset()
 		tq.intrIdx = d.mem.U8(pa + TQIntrIdx)
 		tq.stats = [NumUPT1Stats]uint64{}
-		tq.stopped, tq.err = false, 0
+		tq.stopped, tq.err, tq.need = false, 0, 0
 		_ = d.mem.Zero(tq.comp.Base, uint64(tq.comp.Size)*DescSize)
 		// txThreshold = 1: every packet rings the doorbell, so the device
 		// needs no polling timer (spec §4.7).
@@ -628,6 +636,7 @@ func (d *Device) reset() {
 	d.ctl.dsalValid = false
 	d.ctl.activateOK = false
 	d.ctl.cfg = Config{}
+	d.mtu.Store(0)
 	for i := range d.txq {
 		d.txq[i].stopped, d.txq[i].err = false, 0
 	}

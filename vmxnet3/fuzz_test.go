@@ -22,6 +22,9 @@ import (
 // frames; the rest are descriptors, 16 bytes each.
 const (
 	fuzzMapAddr = 1 << 0 // map every address into the buffer area
+	// bits 1..2: the tx batch size (FuzzTxRing)
+	fuzzTCPBuf = 1 << 3 // the buffer area starts with a TCP packet ready for TSO (FuzzTxRing)
+	fuzzTCPv6  = 1 << 4 // ... over IPv6
 )
 
 const fuzzRing = 32
@@ -110,14 +113,43 @@ func controlRegions(r *vmxnet3test.Rig) []region {
 
 // txModelPkt is what the naive model expects of one tx packet.
 type txModelPkt struct {
-	eop   uint32
-	cq    bool
-	sent  bool   // handed to the wire (not oversize, offload accepted)
-	frame []byte // gathered bytes, when sent and checkable
-	csum  int    // offset of a checksum the device fills in, or -1
+	eop    uint32
+	cq     bool
+	sent   bool     // handed to the wire (not oversize, offload accepted)
+	frames [][]byte // what goes on the wire, when sent and checkable: the gathered bytes, or TSO's segments
+	nsent  int      // frames on the wire, when sent
+	csum   int      // offset of a checksum the device fills in, or -1
 }
 
 const fuzzTxBuf = 4096
+
+// tsoModel is what the device sends for a gathered TSO packet: the
+// segments of SegmentTCP (tested on its own against gopacket and RFC 1071
+// in offload_test.go) into fuzzTxBuf-sized buffers, unless a segment's L3
+// packet would exceed the fuzz config's MTU (9000).
+func tsoModel(pkt []byte, hlen, mss int) ([][]byte, int, bool) {
+	l3 := 14
+	if len(pkt) >= 14 && binary.BigEndian.Uint16(pkt[12:]) == 0x8100 {
+		l3 = 18
+	}
+	if hlen-l3+mss > 9000 {
+		return nil, 0, false
+	}
+	out := make([][]byte, vmxnet3.MaxTSOSegs)
+	for i := range out {
+		out[i] = make([]byte, fuzzTxBuf)
+	}
+	lens := make([]int, len(out))
+	n, ok := vmxnet3.SegmentTCP(pkt, hlen, mss, out, lens)
+	if !ok {
+		return nil, 0, false
+	}
+	frames := make([][]byte, n)
+	for i := range frames {
+		frames[i] = out[i][:lens[i]]
+	}
+	return frames, n, true
+}
 
 // txModel walks the ring the way §4.2/§4.6/§4.7 describe, from slot 0 with
 // gen 1. It returns the packets the device must consume and, if the ring
@@ -164,17 +196,27 @@ func txModel(m []byte, ring, memSize, bufStart uint64) (pkts []txModelPkt, codes
 			if len(errs) > 0 {
 				return pkts, errs
 			}
-			if len(frame)+int(d.Len) <= fuzzTxBuf {
+			// A TSO packet is gathered into the device's own buffer.
+			room := fuzzTxBuf
+			if sop.OM == vmxnet3.OMTSO {
+				room = vmxnet3.MaxTSOLen
+			}
+			if len(frame)+int(d.Len) <= room {
 				frame = append(frame, m[d.Addr:d.Addr+uint64(d.Len)]...)
 				checkable = checkable && d.Addr >= bufStart
 			} else {
-				frame = append(frame, make([]byte, fuzzTxBuf+1)...) // marks oversize
+				frame = append(frame, make([]byte, room+1)...) // marks oversize
 			}
 			if d.EOP {
-				p := txModelPkt{eop: c.Next, cq: d.CQ, csum: -1}
+				p := txModelPkt{eop: c.Next, cq: d.CQ, csum: -1, nsent: 1}
 				c.Advance()
 				p.sent = len(frame) <= fuzzTxBuf
 				switch sop.OM {
+				case vmxnet3.OMTSO:
+					p.sent = false
+					if len(frame) <= vmxnet3.MaxTSOLen {
+						p.frames, p.nsent, p.sent = tsoModel(frame, int(sop.HLen), int(sop.MSSCOF))
+					}
 				case vmxnet3.OMNone:
 				case vmxnet3.OMCsum:
 					start, at := int(sop.HLen), int(sop.MSSCOF)
@@ -185,8 +227,11 @@ func txModel(m []byte, ring, memSize, bufStart uint64) (pkts []txModelPkt, codes
 				default:
 					p.sent = false
 				}
-				if p.sent && checkable {
-					p.frame = frame
+				if p.sent && sop.OM != vmxnet3.OMTSO {
+					p.frames = [][]byte{frame}
+				}
+				if !checkable {
+					p.frames = nil
 				}
 				pkts = append(pkts, p)
 				break
@@ -214,6 +259,14 @@ func FuzzTxRing(f *testing.F) {
 		}
 		fillPattern(r)
 		l := r.G.Layout()
+		if flags&fuzzTCPBuf != 0 {
+			// Something TSO can cut: a TCP packet whose checksum field
+			// holds PrepareTSO's seed (3066 bytes over IPv4 with hlen 66,
+			// 3086 over IPv6 with hlen 86).
+			p, hlen := tcpPacket(t, tcpSpec{v6: flags&fuzzTCPv6 != 0, payload: 3000, psh: true})
+			vmxnet3.PrepareTSO(p, hlen)
+			_ = r.Mem.Write(l.BufStart, p)
+		}
 		for k := 0; k < fuzzRing && len(data) >= 16; k++ {
 			var raw [16]byte
 			copy(raw[:], data[:16])
@@ -227,20 +280,30 @@ func FuzzTxRing(f *testing.F) {
 		ctl := controlRegions(r)
 		model, codes := txModel(before, l.Tx[0].Ring, r.Mem.Size(), l.BufStart)
 
+		// Batches of 1..8 frames; a TSO packet that needs more buffers is
+		// retried with as many as TxBufsNeeded says, as the adapter and
+		// the emulated device do.
 		batch := 1 << (flags >> 1 & 3)
-		bufs := make([][]byte, batch)
+		bufs := make([][]byte, vmxnet3.MaxTSOSegs)
 		for i := range bufs {
 			bufs[i] = make([]byte, fuzzTxBuf)
 		}
-		lens, metas := make([]int, batch), make([]vmxnet3.TxMeta, batch)
+		lens, metas := make([]int, len(bufs)), make([]vmxnet3.TxMeta, len(bufs))
 		var sent [][]byte
+		send := func(n int) {
+			for k := 0; k < n; k++ {
+				sent = append(sent, append([]byte(nil), bufs[k][:lens[k]]...))
+			}
+		}
 		consumed := 0
 		for i := 0; i < 8*fuzzRing; i++ {
-			n := r.Dev.ProcessTx(0, bufs, lens, metas, func(n int) {
-				for k := 0; k < n; k++ {
-					sent = append(sent, append([]byte(nil), bufs[k][:lens[k]]...))
+			n := r.Dev.ProcessTx(0, bufs[:batch], lens, metas, send)
+			if need := r.Dev.TxBufsNeeded(0); n == 0 && need > batch {
+				if need > vmxnet3.MaxTSOSegs {
+					t.Fatalf("TxBufsNeeded = %d > MaxTSOSegs", need)
 				}
-			})
+				n = r.Dev.ProcessTx(0, bufs[:need], lens, metas, send)
+			}
 			if n == 0 {
 				break
 			}
@@ -255,31 +318,35 @@ func FuzzTxRing(f *testing.F) {
 		if consumed != len(model) {
 			t.Fatalf("device consumed %d packets, model %d", consumed, len(model))
 		}
-		var wantSent []txModelPkt
 		var wantComp []uint32
+		nsent := 0
 		for _, p := range model {
 			if p.sent {
-				wantSent = append(wantSent, p)
+				nsent += p.nsent
 			}
 			if p.cq {
 				wantComp = append(wantComp, p.eop)
 			}
 		}
-		if len(sent) != len(wantSent) {
-			t.Fatalf("device sent %d frames, model %d", len(sent), len(wantSent))
+		if len(sent) != nsent {
+			t.Fatalf("device sent %d frames, model %d", len(sent), nsent)
 		}
-		for i, p := range wantSent {
-			if p.frame == nil {
+		i := 0
+		for _, p := range model {
+			if !p.sent {
 				continue
 			}
-			got, want := sent[i], p.frame
-			if p.csum >= 0 {
-				got = append([]byte(nil), got...)
-				got[p.csum], got[p.csum+1] = want[p.csum], want[p.csum+1]
+			for j, want := range p.frames {
+				got := sent[i+j]
+				if p.csum >= 0 {
+					got = append([]byte(nil), got...)
+					got[p.csum], got[p.csum+1] = want[p.csum], want[p.csum+1]
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("frame %d: device sent % x…, model % x…", i+j, head(got), head(want))
+				}
 			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("frame %d: device sent % x…, model % x…", i, head(got), head(want))
-			}
+			i += p.nsent
 		}
 		// Completions: in order, txdIdx = EOP, gen 1 on the first lap.
 		for i := 0; i < fuzzRing; i++ {

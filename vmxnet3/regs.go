@@ -7,6 +7,13 @@
 // All layouts follow ../shared/specs/vmxnet3.md; comments cite its sections.
 // Guest memory is reached only through guest/mem accessors at the named
 // offsets below, never through Go struct overlays.
+//
+// Transmit offloads (offload.go): the device performs checksum offload
+// (om 2) and TSO (om 3) over IPv4 and IPv6 as a NIC does, cutting a TSO
+// packet of up to 64 KiB into MSS-sized frames with fixed-up headers and
+// checksums before they leave; a TSO packet's segments leave in one
+// ProcessTx batch (at most MaxTSOSegs). Receive checksums are not
+// verified: every rx completion says cnc (checksum not calculated).
 package vmxnet3
 
 // PCI identity (spec §1.1).

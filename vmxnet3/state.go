@@ -283,12 +283,13 @@ func (d *Device) Restore(s State) error {
 	c.macl, c.lastCmd, c.activateOK = s.MACL, s.LastCmd, s.ActivateOK
 	c.mac, c.permMAC, c.linkUp = s.MAC, s.PermMAC, s.LinkUp
 	c.cfg = s.Config
+	d.mtu.Store(s.Config.MTU)
 	c.cfg.MCastList = append([][6]byte(nil), s.Config.MCastList...)
 	for q := range d.txq {
 		tq := &d.txq[q]
 		// Field by field: tq.mu is held.
 		tq.descPA, tq.ring, tq.comp, tq.intrIdx = 0, Ring{}, Ring{}, 0
-		tq.stats, tq.stopped, tq.err = [NumUPT1Stats]uint64{}, false, 0
+		tq.stats, tq.stopped, tq.err, tq.need = [NumUPT1Stats]uint64{}, false, 0, 0
 		if q < len(s.TxQueues) {
 			x := s.TxQueues[q]
 			tq.descPA, tq.ring, tq.comp, tq.intrIdx = x.DescPA, x.Ring, x.Comp, x.IntrIdx

@@ -4,10 +4,12 @@ package vmxnet3
 //
 //  1. From the device's tx-ring index, read descriptors while their gen bit
 //     matches (acquire load of dw2, the publish word).
-//  2. Gather each packet's buffers up to EOP into the caller's buffer,
-//     validating every address and length against guest memory.
-//  3. Apply SOP metadata: checksum offload here, 802.1Q insertion reported
-//     to the caller in TxMeta.
+//  2. Gather each packet's buffers up to EOP into the caller's buffer (a
+//     TSO packet into the queue's own 64 KiB buffer), validating every
+//     address and length against guest memory.
+//  3. Apply SOP metadata (offload.go): checksum offload, or TSO, which
+//     cuts the packet into one caller's buffer per segment; 802.1Q
+//     insertion is reported to the caller in TxMeta.
 //  4. Hand the batch to the caller's send function (the wire).
 //  5. Write one TxCompDesc per packet that asked for one, in ring order,
 //     publishing each with a release store of dw3, then raise the vector.
@@ -15,20 +17,24 @@ package vmxnet3
 // Because the lock is held from 1 to 5, a quiesce never sees a packet that
 // was sent but not completed, nor completed but not sent (spec §7.4 step 2).
 
-// TxMeta is per-packet metadata the caller applies while sending.
+// TxMeta is per-frame metadata the caller applies while sending.
 type TxMeta struct {
 	TI  bool   // insert an 802.1Q tag with TCI
 	TCI uint16 // tag control information
 }
 
-// ProcessTx gathers up to len(bufs) packets from tx queue q into bufs (each
-// slice's full length is the room for one frame), sets lens and metas, and
-// calls send(n) with the number of packets gathered; send must have finished
-// with the buffers when it returns. Then it writes the completions and
-// raises the queue's interrupt once. Packets the device drops (oversize,
-// unsupported offload) are completed but not sent. It returns the number of
-// descriptors' packets consumed from the ring (sent or dropped); 0 means the
-// ring had nothing ready, the device is inactive or the queue is stopped.
+// ProcessTx gathers packets from tx queue q into frames in bufs (each
+// slice's full length is the room for one frame), sets lens and metas per
+// frame, and calls send(n) with the number of frames; send must have
+// finished with the buffers when it returns. Then it writes the
+// completions and raises the queue's interrupt once. A packet is one frame,
+// except a TSO packet, which becomes one frame per segment (all in this
+// call: a packet whose segments do not fit the buffers left is not taken,
+// and TxBufsNeeded says how many it needs). Packets the device drops
+// (oversize, offload it cannot honour) are completed but not sent. It
+// returns the number of packets consumed from the ring (sent or dropped);
+// 0 means the ring had nothing ready, or nothing that fits bufs, the
+// device is inactive or the queue is stopped.
 func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, send func(n int)) int {
 	if q < 0 || q >= MaxTxQueues || !d.active.Load() {
 		return 0
@@ -42,6 +48,7 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 	m := d.mem
 	tq.eop = tq.eop[:0]
 	tq.cq = tq.cq[:0]
+	tq.need = 1
 	k := 0
 	var qerr uint32
 	for k < len(bufs) {
@@ -56,6 +63,8 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 		oversize := false
 		var sopDesc TxDesc
 		ndesc := 0
+		var eop uint32
+		var cq bool
 		for {
 			pa := r.Addr(r.Next)
 			if ndesc > 0 {
@@ -71,6 +80,10 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 			ndesc++
 			if ndesc == 1 {
 				sopDesc = desc
+				if desc.OM == OMTSO {
+					// A TSO packet is gathered whole before it is cut.
+					dst = tq.tsoBuf()
+				}
 			}
 			if desc.DType {
 				qerr = QErrDescType
@@ -91,8 +104,7 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 				oversize = true
 			}
 			if desc.EOP {
-				tq.eop = append(tq.eop, r.Next)
-				tq.cq = append(tq.cq, desc.CQ)
+				eop, cq = r.Next, desc.CQ
 				r.Advance()
 				break
 			}
@@ -105,7 +117,31 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 		if qerr != 0 {
 			break
 		}
+		if sopDesc.OM == OMTSO && !oversize {
+			nseg, ok := d.planTSO(dst[:total], sopDesc)
+			if ok && nseg > len(bufs)-k {
+				// Not now: the packet stays in the ring for a call with
+				// enough buffers (spec §7.4: a packet is sent whole or
+				// not started).
+				tq.need = nseg
+				break
+			}
+			tq.ring = r
+			tq.eop = append(tq.eop, eop)
+			tq.cq = append(tq.cq, cq)
+			if ok {
+				ok = d.sendTSO(tq, dst[:total], sopDesc, bufs[k:k+nseg], lens[k:k+nseg], metas[k:k+nseg])
+			}
+			if !ok {
+				tq.stats[TxStatErrors]++
+				continue
+			}
+			k += nseg
+			continue
+		}
 		tq.ring = r
+		tq.eop = append(tq.eop, eop)
+		tq.cq = append(tq.cq, cq)
 		ok := !oversize
 		if oversize {
 			d.drops.TxOversize.Add(1)
@@ -159,6 +195,70 @@ func (d *Device) ProcessTx(q int, bufs [][]byte, lens []int, metas []TxMeta, sen
 	return consumed
 }
 
+// TxBufsNeeded returns how many frame buffers the packet at the head of tx
+// queue q needs, as the last ProcessTx found: more than 1 only when a TSO
+// packet did not fit the buffers it was offered. A caller that offered
+// fewer waits until it can offer that many (at most MaxTSOSegs).
+func (d *Device) TxBufsNeeded(q int) int {
+	if q < 0 || q >= MaxTxQueues {
+		return 1
+	}
+	tq := &d.txq[q]
+	tq.mu.Lock()
+	defer tq.mu.Unlock()
+	return max(tq.need, 1)
+}
+
+// tsoBuf returns the queue's TSO gather buffer, allocated on the first
+// TSO packet: a guest that never asks for TSO costs nothing. Callers hold
+// tq.mu.
+func (tq *txQueue) tsoBuf() []byte {
+	if tq.tso == nil {
+		tq.tso = make([]byte, MaxTSOLen)
+	}
+	return tq.tso
+}
+
+// planTSO checks a gathered TSO packet against its headers, the MSS and
+// the MTU, and returns how many frames it becomes. A packet it refuses is
+// counted; the caller completes it.
+func (d *Device) planTSO(pkt []byte, sop TxDesc) (int, bool) {
+	hlen, mss := int(sop.HLen), int(sop.MSSCOF)
+	h, ok := parseTSO(pkt, hlen)
+	// Every segment is an L3 packet of at most the MTU the driver set, so
+	// it leaves with its tags within link.MaxFrame.
+	if !ok || mss < 1 || hlen-h.l3+mss > int(d.mtu.Load()) {
+		d.drops.TxUnsupported.Add(1)
+		return 0, false
+	}
+	n := tsoSegs(len(pkt), hlen, mss)
+	if n > MaxTSOSegs {
+		d.drops.TxUnsupported.Add(1)
+		return 0, false
+	}
+	return n, true
+}
+
+// sendTSO cuts pkt into out, one frame per buffer, and counts the frames.
+func (d *Device) sendTSO(tq *txQueue, pkt []byte, sop TxDesc, out [][]byte, lens []int, metas []TxMeta) bool {
+	hlen, mss := int(sop.HLen), int(sop.MSSCOF)
+	for _, b := range out {
+		if len(b) < hlen+min(mss, len(pkt)-hlen) {
+			d.drops.TxOversize.Add(1)
+			return false
+		}
+	}
+	h, _ := parseTSO(pkt, hlen) // planTSO accepted it
+	segmentTCP(pkt, h, mss, out, lens)
+	for i := range out {
+		d.countTx(tq, out[i][:lens[i]])
+		metas[i] = TxMeta{TI: sop.TI, TCI: sop.TCI}
+	}
+	tq.stats[TxStatTSOPkts]++
+	tq.stats[TxStatTSOBytes] += uint64(len(pkt))
+	return true
+}
+
 func (d *Device) countTx(tq *txQueue, f []byte) {
 	n := uint64(len(f))
 	switch {
@@ -174,51 +274,21 @@ func (d *Device) countTx(tq *txQueue, f []byte) {
 	}
 }
 
-// txOffload applies the SOP offload mode (spec §4.2). Checksum offload is
-// done here; TSO and encapsulation offload are not implemented by this
-// model and drop the packet, counted.
+// txOffload applies the SOP offload mode of a packet that is not TSO
+// (spec §4.2): checksum offload here; encapsulation offload is not
+// implemented by this model and drops the packet, counted.
 func (d *Device) txOffload(f []byte, sop TxDesc) bool {
 	switch sop.OM {
 	case OMNone:
 		return true
 	case OMCsum:
-		start, at := int(sop.HLen), int(sop.MSSCOF)
-		if at > MaxCsumOffset+start || start > len(f) || at+2 > len(f) || at < start {
+		if !ChecksumOffload(f, int(sop.HLen), int(sop.MSSCOF)) {
 			d.drops.TxUnsupported.Add(1)
 			return false
 		}
-		// The driver seeded the field with the pseudo-header sum; the
-		// device folds in everything from hlen to the end.
-		sum := onesSum(f[start:], 0)
-		c := ^fold(sum)
-		if c == 0 {
-			// RFC 768: a UDP checksum that computes to zero is sent as
-			// 0xFFFF (0 means "no checksum"); for TCP both encode zero.
-			c = 0xFFFF
-		}
-		f[at], f[at+1] = byte(c>>8), byte(c)
 		return true
 	default:
 		d.drops.TxUnsupported.Add(1)
 		return false
 	}
-}
-
-// onesSum adds b as big-endian 16-bit words (RFC 1071).
-func onesSum(b []byte, sum uint32) uint32 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	return sum
-}
-
-func fold(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }

@@ -8,8 +8,29 @@
 // optional IPv4 address, plus lo, both up. The kernel is the guest's
 // network stack; the VM's vCPU is its NIC's interrupt and transmit context:
 //
-//	kernel (ns NAME) --eth0 xmit--> TAP fd --Step: read into a tx buffer--> driver tx ring --> vNIC
-//	vNIC --> driver rx ring --Receive: write--> TAP fd --> eth0 rx --> kernel
+//	kernel (ns NAME) --eth0 xmit--> TAP fd --Step: read, TxSend--> driver tx ring --> vNIC
+//	vNIC --> driver rx ring --Receive: merge, write--> TAP fd --> eth0 rx --> kernel
+//
+// # Offloads
+//
+// eth0 is a TAP with a virtio_net_hdr in front of every frame and the
+// offloads the VMXNET3 device performs turned on: checksum, TSO over IPv4
+// and IPv6 (ECN too), gso_max_segs at the device's vmxnet3.MaxTSOSegs. So
+// the kernel hands over TCP segments of up to 64 KiB with partial
+// checksums, and the driver posts each one as one packet over as many tx
+// descriptors as it needs, with om/hlen/msscof set as spec §4.2 defines
+// them (vnethdr.go). The segmenting happens in the device model, where the
+// frames leave for the cable at the MTU.
+//
+// On receive, a TAP takes one frame per write and runs the kernel's
+// receive path inside it, so the guest batches its writes: the in-order
+// TCP/IPv4 segments of one flow received in one vCPU step, checksums
+// verified, are merged into one GSO frame of up to 64 KiB and written
+// once (gro.go), as the kernel's GRO would merge them. Other frames go
+// as they came, in order, behind an empty virtio_net_hdr: their checksums
+// are the kernel's to verify. Transmit batches too: a Step reads up to
+// txBudget frames (each up to 64 KiB) and the vCPU rings one doorbell for
+// them.
 //
 // # Goroutines
 //
@@ -30,9 +51,11 @@
 // in guest memory, and need not be: everything that matters to the guest
 // program (sockets, routes, ARP cache, TCP state) is the kernel's, and stays
 // in the namespace on this machine. The workload itself keeps no frame
-// between calls: a frame read from the TAP is written into a reserved tx
-// buffer and committed in the same Step, or dropped and counted, so guest
-// memory plus the device state is all a migration has to carry.
+// across a vCPU step: a frame read from the TAP is posted to the tx ring
+// in the same Step, or dropped and counted, and received segments held
+// for merging are written by the Step that ends the vCPU's iteration, so
+// at the step boundary where a migration pauses the guest, guest memory
+// plus the device state is all a migration has to carry.
 //
 // A migration in this process builds a second Workload for the same VM name
 // with the same factory. The namespace and the TAP fd live in a

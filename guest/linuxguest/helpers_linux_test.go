@@ -13,19 +13,25 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/guest/mem"
+	"github.com/vmfex/vmfex/vmxnet3"
 	"github.com/vmfex/vmfex/wire"
 )
 
-// fakeDev is a NIC driver whose tx ring is one buffer in guest memory: a
-// committed frame is copied out to out at once, as a device would DMA it.
+// fakeDev is a NIC driver and device in one: a sent frame is copied
+// through one tx buffer in guest memory and out to out at once, after the
+// offload it asked for (checksum, TSO: as vmxnet3's device model does),
+// as a device would DMA and send it.
 type fakeDev struct {
-	m    *mem.Memory
-	mac  wire.MAC
-	pa   uint64
-	size int
-	full bool // TxReserve says the ring is full
-	out  func([]byte)
+	m      *mem.Memory
+	mac    wire.MAC
+	pa     uint64
+	size   int  // TxRoom, when not full
+	full   bool // TxRoom says the ring is full
+	refuse bool // TxSend refuses every frame
+	out    func([]byte)
+	offs   []guest.TxOffload // what each sent frame asked for
 }
 
 func (d *fakeDev) MAC() wire.MAC { return d.mac }
@@ -45,12 +51,58 @@ func (d *fakeDev) TxCommit(n int) {
 	d.out(f)
 }
 
+func (d *fakeDev) TxRoom() int {
+	if d.full {
+		return 0
+	}
+	return d.size
+}
+
+func (d *fakeDev) TxSend(f []byte, o guest.TxOffload) bool {
+	if d.full || d.refuse || len(f) > d.size || len(f) == 0 {
+		return false
+	}
+	if d.m.Write(d.pa, f) != nil {
+		return false
+	}
+	p := make([]byte, len(f))
+	if err := d.m.Read(d.pa, p); err != nil {
+		panic(err)
+	}
+	d.offs = append(d.offs, o)
+	switch o.Mode {
+	case vmxnet3.OMCsum:
+		if !vmxnet3.ChecksumOffload(p, int(o.HLen), int(o.MSSCOF)) {
+			panic("fakeDev: bad checksum offload")
+		}
+	case vmxnet3.OMTSO:
+		out := make([][]byte, vmxnet3.MaxTSOSegs)
+		for i := range out {
+			out[i] = make([]byte, int(o.HLen)+int(o.MSSCOF))
+		}
+		lens := make([]int, len(out))
+		n, ok := vmxnet3.SegmentTCP(p, int(o.HLen), int(o.MSSCOF), out, lens)
+		if !ok {
+			panic("fakeDev: bad TSO")
+		}
+		for i := range n {
+			d.out(out[i][:lens[i]])
+		}
+		return true
+	}
+	d.out(p)
+	return true
+}
+
 // Guest memory map of the tests: a tx buffer and an rx buffer.
 const (
 	testTxPA  = 0x1000
-	testRxPA  = 0x4000
+	testRxPA  = 0x20000
 	testBufSz = 0x3000
-	testMem   = 64 << 10
+	testMem   = 256 << 10
+	// testTxRoom is a fakeDev's room for a guest with a vnet header: the
+	// longest frame such a guest reads (a 64 KiB TSO segment).
+	testTxRoom = 96 << 10
 )
 
 func newMem(t testing.TB) *mem.Memory {
@@ -64,8 +116,14 @@ func newMem(t testing.TB) *mem.Memory {
 
 // socketGuest is a guest whose "TAP" is one end of a SOCK_SEQPACKET pair
 // (one frame per read and write, as a TAP): the test holds the other end
-// as the kernel. No root needed.
+// as the kernel. No root needed. Its frames have no vnet header.
 func socketGuest(t testing.TB, cfg Config) (*Workload, int) {
+	return socketGuestVnet(t, cfg, false)
+}
+
+// socketGuestVnet is socketGuest whose frames are behind a virtio_net_hdr
+// when vnet is set, as on a TAP with offloads.
+func socketGuestVnet(t testing.TB, cfg Config, vnet bool) (*Workload, int) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -74,7 +132,7 @@ func socketGuest(t testing.TB, cfg Config) (*Workload, int) {
 	if err := unix.SetNonblock(fds[0], true); err != nil {
 		t.Fatal(err)
 	}
-	w, err := attach(newMem(t), cfg, func(c Config) (*kernelSide, error) { return newKernelSide(c, fds[0], false) })
+	w, err := attach(newMem(t), cfg, func(c Config) (*kernelSide, error) { return newKernelSide(c, fds[0], false, vnet) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +202,7 @@ func newTestVCPU(t *testing.T, name string, mac wire.MAC, addr netip.Prefix) *te
 		}
 	})
 	v := &testVCPU{w: w, wake: make(chan struct{}, 1), inbox: make(chan []byte, 1024)}
-	v.dev = &fakeDev{m: m, mac: mac, pa: testTxPA, size: 1536}
+	v.dev = &fakeDev{m: m, mac: mac, pa: testTxPA, size: testTxRoom}
 	w.SetWake(func() {
 		select {
 		case v.wake <- struct{}{}:
@@ -157,8 +215,14 @@ func newTestVCPU(t *testing.T, name string, mac wire.MAC, addr netip.Prefix) *te
 func (v *testVCPU) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var carry []byte // a frame taken while waiting, handled first
 	for {
 		now := time.Now().UnixNano()
+		if carry != nil {
+			_ = v.dev.m.Write(testRxPA, carry)
+			v.w.Receive(v.dev, testRxPA, len(carry), now)
+			carry = nil
+		}
 	rx:
 		for {
 			select {
@@ -180,7 +244,9 @@ func (v *testVCPU) run(ctx context.Context) {
 			return
 		case <-v.wake:
 		case f := <-v.inbox:
-			v.inbox <- f // handled at the top
+			// Handled at the top; not put back, which would block on
+			// an inbox the peer filled meanwhile.
+			carry = f
 		case <-tc:
 		}
 		timer.Stop()

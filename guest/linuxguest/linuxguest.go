@@ -76,10 +76,13 @@ const (
 	// DropTxOverMTU: the kernel sent a frame longer than the driver's MTU
 	// allows (eth0's MTU raised inside the guest).
 	DropTxOverMTU
-	// DropTxOverBuffer: the frame does not fit the driver's tx buffer.
+	// DropTxOverBuffer: the driver refused the frame (TxSend): it does not
+	// fit the tx ring's buffers.
 	DropTxOverBuffer
-	// DropTxGuestMemory: the driver's tx buffer is outside guest memory.
-	DropTxGuestMemory
+	// DropTxBadOffload: the frame's virtio_net_hdr asks for an offload
+	// that its headers contradict or that the NIC cannot do (UDP GSO,
+	// more segments than vmxnet3.MaxTSOSegs).
+	DropTxBadOffload
 	// DropTxReadError: reading the TAP failed (other than "no frame").
 	DropTxReadError
 	// DropRxRunt: the driver handed over a frame shorter than an Ethernet
@@ -98,7 +101,7 @@ const (
 )
 
 var dropNames = [numDropReasons]string{
-	"tx_runt", "tx_over_mtu", "tx_over_buffer", "tx_guest_memory", "tx_read_error",
+	"tx_runt", "tx_over_mtu", "tx_over_buffer", "tx_bad_offload", "tx_read_error",
 	"rx_runt", "rx_over_mtu", "rx_guest_memory", "rx_write_error", "rx_closed",
 }
 
@@ -113,7 +116,10 @@ func (r DropReason) String() string {
 // namespace), not to one Workload, so they are continuous across a
 // migration in this process.
 type Stats struct {
-	TxFrames, TxBytes uint64 // frames the kernel sent that the driver took
+	// TxFrames and TxBytes count what the kernel sent that the driver
+	// took: a TSO segment of up to 64 KiB is one frame here, and as many
+	// frames on the wire as the device cuts it into.
+	TxFrames, TxBytes uint64
 	RxFrames, RxBytes uint64 // frames the driver received that the kernel took
 	// TxRingFull counts Steps that found the tx ring full: the kernel's
 	// frames then wait in the TAP's queue (and the kernel drops, and

@@ -4,16 +4,24 @@ package linuxguest
 //
 //  1. eth0's xmit queues it on the TAP; the waiter, armed, sees the fd
 //     readable and wakes the owner's vCPU (SetWake), then disarms.
-//  2. Step reserves a tx buffer first and only then reads one frame from
+//  2. Step makes sure the tx ring has room for the longest frame the TAP
+//     can give (a 64 KiB TSO segment) and only then reads one frame from
 //     the TAP into scratch, so a frame is never read without a place to
 //     put it: with the ring full, frames wait in the kernel's queue.
-//  3. The frame is checked (runt, MTU, buffer size), copied into the tx
-//     buffer through guest/mem (dirty log) and committed; the vCPU rings
-//     the doorbell at the end of its step.
+//  3. The frame's virtio_net_hdr becomes the offload the driver asks of
+//     the NIC (vnethdr.go); the frame is checked (runt, MTU), and the
+//     driver copies it into as many tx buffers as it needs, through
+//     guest/mem (dirty log), and posts it as one packet (TxSend); the vCPU
+//     rings the doorbell at the end of its step, once for the up to
+//     txBudget frames of the step: that, and TSO's 64 KiB per read, is
+//     the batching a TAP allows (one frame per read or write syscall).
 //  4. A read that finds the TAP empty re-arms the waiter (step 1).
 //
-// A frame the driver receives is checked and written to the TAP from the
-// rx buffer (Receive): the kernel copies it, so nothing is held.
+// A frame the driver receives is checked and written to the TAP behind a
+// virtio_net_hdr (Receive); TCP segments that continue a run are merged
+// first and written when the run ends or by the Step that follows the
+// vCPU's poll (gro.go). The kernel copies what is written, so nothing is
+// held past the step.
 //
 // Ordering: the TAP keeps the kernel's order and Step commits in read
 // order, so frames leave in the order eth0 sent them; one vCPU reads at a
@@ -31,6 +39,7 @@ import (
 
 	"github.com/vmfex/vmfex/guest"
 	"github.com/vmfex/vmfex/guest/mem"
+	"github.com/vmfex/vmfex/vmxnet3"
 	"github.com/vmfex/vmfex/wire"
 )
 
@@ -44,10 +53,20 @@ const (
 	// readErrorRetry spaces the reads of a TAP that fails, rather than
 	// spinning on a broken device.
 	readErrorRetry = int64(100 * time.Millisecond)
-	// scratchSize holds any frame a TAP can give: eth0's MTU can be raised
-	// to 65535 inside the guest; a longer frame is counted, not truncated.
-	scratchSize = 65535 + wire.EthHeaderLen + 4
+	// scratchSize holds any frame a TAP can give, behind its vnet header,
+	// and one byte more, so that a read that fills it is known to be too
+	// long: a TSO segment of up to vmxnet3.MaxTSOLen, or a frame at an
+	// MTU raised to 65535 inside the guest. A longer frame is counted, not
+	// truncated.
+	scratchSize = vnetHdrLen + max(vmxnet3.MaxTSOLen, 65535+wire.EthHeaderLen+4) + 1
 )
+
+// TxRoomNeeded is the free tx buffer space, in bytes, that a Linux guest
+// waits for before it reads a frame from its TAP: the longest frame the
+// TAP may give (a 64 KiB TSO segment), so that a frame is never read
+// without a place to put it. Its driver's tx ring must hold at least this
+// much ((TxRingSize-1) × the tx buffer size), or the guest never sends.
+const TxRoomNeeded = scratchSize - vnetHdrLen - 1
 
 // counters are a guest's, shared by its Workloads; lock-free.
 type counters struct {
@@ -63,6 +82,7 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 type kernelSide struct {
 	cfg    Config          // immutable
 	ownsNS bool            // immutable: destroy removes the namespace
+	vnet   bool            // immutable: every frame on fd is behind a virtio_net_hdr (IFF_VNET_HDR)
 	fd     int             // immutable; used only under mu while !closed
 	file   *os.File        // immutable; owns fd, registered with the netpoller
 	rc     syscall.RawConn // immutable; file's
@@ -92,9 +112,9 @@ var registry = struct {
 	guests map[string]*kernelSide // guarded by mu
 }{guests: map[string]*kernelSide{}}
 
-// newKernelSide takes over fd (non-blocking, one frame per read and write)
-// and starts the guest's waiter.
-func newKernelSide(cfg Config, fd int, ownsNS bool) (*kernelSide, error) {
+// newKernelSide takes over fd (non-blocking, one frame per read and write,
+// each behind a virtio_net_hdr if vnet) and starts the guest's waiter.
+func newKernelSide(cfg Config, fd int, ownsNS, vnet bool) (*kernelSide, error) {
 	f := os.NewFile(uintptr(fd), "tap:"+cfg.Name)
 	if f == nil {
 		unix.Close(fd)
@@ -105,7 +125,7 @@ func newKernelSide(cfg Config, fd int, ownsNS bool) (*kernelSide, error) {
 		f.Close()
 		return nil, fmt.Errorf("linuxguest: %s: TAP: %w", cfg.Name, err)
 	}
-	k := &kernelSide{cfg: cfg, ownsNS: ownsNS, fd: fd, file: f, rc: rc,
+	k := &kernelSide{cfg: cfg, ownsNS: ownsNS, vnet: vnet, fd: fd, file: f, rc: rc,
 		armed: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		users: map[*Workload]struct{}{}}
 	k.waiting.Store(true)
@@ -184,11 +204,15 @@ type Workload struct {
 	m        *mem.Memory // immutable
 	k        *kernelSide // immutable
 	maxFrame int         // immutable
-	// scratch receives a frame read from the TAP; it holds nothing between
-	// calls (vCPU only).
-	scratch []byte
-	wake    atomic.Pointer[func()]
-	closed  atomic.Bool
+	// scratch receives a frame read from the TAP, rxScratch one written
+	// to it; they hold nothing between calls (vCPU only).
+	scratch, rxScratch []byte
+	// gro is the run of received TCP segments being merged; it holds
+	// segments only between a Receive and the end of the vCPU's step
+	// (vCPU only).
+	gro    groRun
+	wake   atomic.Pointer[func()]
+	closed atomic.Bool
 }
 
 var _ guest.Workload = (*Workload)(nil)
@@ -222,7 +246,11 @@ func attach(m *mem.Memory, cfg Config, create func(Config) (*kernelSide, error))
 		}
 		registry.guests[cfg.Name] = k
 	}
-	w := &Workload{m: m, k: k, maxFrame: cfg.maxFrame(), scratch: make([]byte, scratchSize)}
+	w := &Workload{m: m, k: k, maxFrame: cfg.maxFrame(), scratch: make([]byte, scratchSize),
+		rxScratch: make([]byte, vnetHdrLen+cfg.maxFrame())}
+	if k.vnet {
+		w.gro.b = make([]byte, vnetHdrLen+groMax)
+	}
 	k.users[w] = struct{}{}
 	return w, nil
 }
@@ -265,16 +293,24 @@ func (w *Workload) Step(dev guest.NetDev, now int64) int64 {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed || w.closed.Load() {
+		w.dropRunLocked()
 		return 0
 	}
+	// Segments merged during this step's polls go first: no run outlives
+	// a step (gro.go).
+	w.flushRunLocked()
 	// The vCPU that steps owns the TAP: a migration's destination takes it
 	// on its first step, a rolled-back source takes it back.
 	if k.owner.Load() != w {
 		k.owner.Store(w)
 	}
+	// The longest frame a read may give that is not dropped unread.
+	need := w.maxFrame
+	if k.vnet {
+		need = TxRoomNeeded
+	}
 	for range txBudget {
-		pa, size, ok := dev.TxReserve()
-		if !ok {
+		if dev.TxRoom() < need {
 			k.c.txRingFull.Add(1)
 			return now
 		}
@@ -287,24 +323,40 @@ func (w *Workload) Step(dev guest.NetDev, now int64) int64 {
 			k.c.drop(DropTxReadError)
 			return now + readErrorRetry
 		}
-		switch {
-		case n < wire.EthHeaderLen:
-			k.c.drop(DropTxRunt)
-			continue
-		case n > w.maxFrame:
+		if n >= len(w.scratch) {
 			k.c.drop(DropTxOverMTU)
 			continue
-		case n > size:
+		}
+		f := w.scratch[:n]
+		var o guest.TxOffload
+		if k.vnet {
+			if n < vnetHdrLen {
+				k.c.drop(DropTxRunt)
+				continue
+			}
+			var why DropReason
+			var ok bool
+			f = f[vnetHdrLen:]
+			if o, why, ok = txOffload(decodeVnetHdr(w.scratch), f, k.cfg.MTU); !ok {
+				k.c.drop(why)
+				continue
+			}
+		} else {
+			switch {
+			case n < wire.EthHeaderLen:
+				k.c.drop(DropTxRunt)
+				continue
+			case n > w.maxFrame:
+				k.c.drop(DropTxOverMTU)
+				continue
+			}
+		}
+		if !dev.TxSend(f, o) {
 			k.c.drop(DropTxOverBuffer)
 			continue
 		}
-		if w.m.Write(pa, w.scratch[:n]) != nil {
-			k.c.drop(DropTxGuestMemory)
-			continue
-		}
-		dev.TxCommit(n)
 		k.c.txFrames.Add(1)
-		k.c.txBytes.Add(uint64(n))
+		k.c.txBytes.Add(uint64(len(f)))
 	}
 	// Budget spent and the TAP may hold more: run again once the vCPU has
 	// looked at its rings.
@@ -325,7 +377,11 @@ func readFrame(fd int, b []byte) (int, error) {
 }
 
 // Receive implements guest.Workload: it hands the frame to the kernel
-// through the TAP. The kernel copies it before the write returns.
+// through the TAP. Behind a vnet header, TCP segments are merged (gro.go)
+// and written at the end of the run or of the vCPU step; other frames go
+// as they came, behind a virtio_net_hdr without flags (the device did not
+// verify their checksums, so the kernel does), after the run. The kernel
+// copies what is written before the write returns.
 func (w *Workload) Receive(dev guest.NetDev, pa uint64, n int, now int64) {
 	k := w.k
 	if n < wire.EthHeaderLen {
@@ -344,22 +400,65 @@ func (w *Workload) Receive(dev guest.NetDev, pa uint64, n int, now int64) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed || w.closed.Load() {
+		w.dropRunLocked()
 		k.c.drop(DropRxClosed)
 		return
 	}
+	if !k.vnet {
+		w.writeLocked(b, 1, n)
+		return
+	}
+	if hlen, ok := tcp4Segment(b); ok {
+		if w.gro.n > 0 && w.gro.add(b, hlen) {
+			return
+		}
+		w.flushRunLocked()
+		w.gro.add(b, hlen) // starts a run: always takes it
+		return
+	}
+	w.flushRunLocked()
+	// One write per frame is the TAP's rule, so the header and the frame
+	// are put together here (at most maxFrame bytes).
+	clear(w.rxScratch[:vnetHdrLen])
+	w.writeLocked(w.rxScratch[:vnetHdrLen+copy(w.rxScratch[vnetHdrLen:], b)], 1, n)
+}
+
+// flushRunLocked writes the run of merged segments, if any. Callers hold
+// k.mu (shared) and checked that the guest is open.
+func (w *Workload) flushRunLocked() {
+	if w.gro.n == 0 {
+		return
+	}
+	b, segs, bytes := w.gro.frame()
+	w.writeLocked(b, segs, bytes)
+}
+
+// dropRunLocked drops the run: the guest closed under it.
+func (w *Workload) dropRunLocked() {
+	if w.gro.n > 0 {
+		_, segs, _ := w.gro.frame()
+		w.k.c.drops[DropRxClosed].Add(uint64(segs))
+	}
+}
+
+// writeLocked writes b, which carries frames frames of bytes bytes as the
+// driver received them, to the TAP, and counts them. Callers hold k.mu
+// (shared) and checked that the guest is open.
+func (w *Workload) writeLocked(b []byte, frames, bytes int) {
+	k := w.k
 	for {
 		_, err := unix.Write(k.fd, b)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			k.c.drop(DropRxWriteError)
+			k.c.drops[DropRxWriteError].Add(uint64(frames))
 			return
 		}
 		break
 	}
-	k.c.rxFrames.Add(1)
-	k.c.rxBytes.Add(uint64(n))
+	k.c.rxFrames.Add(uint64(frames))
+	k.c.rxBytes.Add(uint64(bytes))
 }
 
 // Stats returns the guest's counters (continuous across the Workloads of
