@@ -135,6 +135,11 @@ func MeasureSwitches(ctx context.Context, n int, seed uint64) (SwitchResult, err
 		return SwitchResult{}, err
 	}
 	l.StartTraffic()
+	// The switches are measured under traffic: wait until every stream
+	// flows (a generator sees its start command at its next step).
+	if err := l.waitFlowing(ctx); err != nil {
+		return SwitchResult{}, err
+	}
 	vms := l.VMs()
 	pauses := make([]time.Duration, 0, n)
 	r := seed | 1
@@ -166,4 +171,25 @@ func MeasureSwitches(ctx context.Context, n int, seed uint64) (SwitchResult, err
 		res.Max = pauses[n-1]
 	}
 	return res, nil
+}
+
+// waitFlowing waits until every probe stream has sent a frame.
+func (l *Lab) waitFlowing(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	for {
+		s := guest.Reconcile(l.Stats())
+		flowing := len(s.Pairs) > 0
+		for _, p := range s.Pairs {
+			flowing = flowing && p.Sent > 0
+		}
+		if flowing {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lab: the probe traffic did not start: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 }

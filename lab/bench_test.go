@@ -56,3 +56,16 @@ func BenchmarkModeSwitch(b *testing.B) {
 	b.ReportMetric(float64(res.P50.Microseconds()), "p50-us")
 	b.ReportMetric(float64(res.P99.Microseconds()), "p99-us")
 }
+
+// TestMeasureSwitches: the benchmark's measurement works even for a few
+// switches, which finish before a generator has seen its start command
+// unless the measurement waits for the traffic (it once did not).
+func TestMeasureSwitches(t *testing.T) {
+	res, err := lab.MeasureSwitches(context.Background(), 10, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Switches != 10 || res.Sent == 0 || res.Lost != 0 || res.Duplicated != 0 {
+		t.Errorf("result %+v: want 10 switches under traffic, 0 lost, 0 duplicated", res)
+	}
+}
