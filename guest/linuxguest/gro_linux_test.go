@@ -252,7 +252,7 @@ func TestTCPBulkBackToBack(t *testing.T) {
 	na, nb := uniqueName(t, "lgb-a"), uniqueName(t, "lgb-b")
 	a := newTestVCPU(t, na, testMAC(1), netip.MustParsePrefix("198.18.0.1/24"))
 	b := newTestVCPU(t, nb, testMAC(2), netip.MustParsePrefix("198.18.0.2/24"))
-	connect(t, a, b)
+	stop := connect(t, a, b)
 	var ln net.Listener
 	if err := inNetns(t, nb, func() (err error) { ln, err = net.Listen("tcp", "198.18.0.2:0"); return err }); err != nil {
 		t.Fatal(err)
@@ -297,6 +297,7 @@ func TestTCPBulkBackToBack(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("receiver did not finish")
 	}
+	stop() // the vCPUs write their devices' records: read them after
 	sa, sb := a.w.Stats(), b.w.Stats()
 	if sa.Drops[DropTxBadOffload] != 0 || sb.Drops[DropTxBadOffload] != 0 {
 		t.Errorf("offload drops: a %+v, b %+v", sa, sb)

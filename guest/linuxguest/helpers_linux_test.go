@@ -253,8 +253,9 @@ func (v *testVCPU) run(ctx context.Context) {
 	}
 }
 
-// connect wires a's transmit to b's inbox and back, and runs both.
-func connect(t *testing.T, a, b *testVCPU) {
+// connect wires a's transmit to b's inbox and back, and runs both; stop
+// (also run at cleanup) ends them, after which their devices may be read.
+func connect(t *testing.T, a, b *testVCPU) (stop func()) {
 	t.Helper()
 	a.dev.out = func(f []byte) {
 		select {
@@ -274,5 +275,8 @@ func connect(t *testing.T, a, b *testVCPU) {
 		wg.Add(1)
 		go func() { defer wg.Done(); v.run(ctx) }()
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
 }
