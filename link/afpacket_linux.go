@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -510,15 +511,30 @@ func (p *PacketPort) Recv(bufs []*Buf) (int, error) {
 		}
 		// Stage 2.
 		if err := p.rc.Read(p.rx.recv); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !p.closed.Load() {
+				// Waiting on an interface that went down: look again
+				// whether it still exists.
+				if p.stillBound() {
+					_ = p.file.SetReadDeadline(time.Now().Add(downRecheck))
+					continue
+				}
+				return 0, p.ioError("recv", unix.ENODEV)
+			}
 			return 0, p.ioError("recv", err)
 		}
 		if p.rx.errno != 0 {
 			if p.rx.errno == unix.ENETDOWN && p.stillBound() {
 				// The interface went down (the error is reported once);
-				// the socket receives again when it comes back up.
+				// the socket receives again when it comes back up. Its
+				// deletion, which may follow, wakes no waiting socket:
+				// while it is down, look again every downRecheck.
+				_ = p.file.SetReadDeadline(time.Now().Add(downRecheck))
 				continue
 			}
 			return 0, p.ioError("recv", p.rx.errno)
+		}
+		if p.rx.n > 0 {
+			_ = p.file.SetReadDeadline(time.Time{}) // up again: wait for frames only
 		}
 		// Stage 3, 4 and 5.
 		n := 0
@@ -649,6 +665,10 @@ func (p *PacketPort) ioError(op string, err error) error {
 	}
 	return fmt.Errorf("link: afpacket %s on %s: %w", op, p.ifname, err)
 }
+
+// downRecheck is how often a Recv waiting on an interface that went down
+// looks whether it was deleted meanwhile.
+const downRecheck = 250 * time.Millisecond
 
 // BatchSize implements Port.
 func (p *PacketPort) BatchSize() int { return PacketBatch }
