@@ -35,7 +35,11 @@ package vmxnet3
 // refused (the device completes it and counts it, spec §4.3: completions
 // are never skipped).
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/vmfex/vmfex/wire"
+)
 
 // TSO limits of this device model.
 const (
@@ -161,7 +165,7 @@ func segmentTCP(pkt []byte, h tsoHeaders, mss int, out [][]byte, lens []int) {
 			binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-h.l3))
 			binary.BigEndian.PutUint16(ip[4:], id0+uint16(i))
 			ip[10], ip[11] = 0, 0
-			binary.BigEndian.PutUint16(ip[10:], ^fold(onesSum(ip, 0)))
+			binary.BigEndian.PutUint16(ip[10:], ^uint16(wire.Sum(ip, 0)))
 		}
 		tcp := f[h.l4:]
 		binary.BigEndian.PutUint32(tcp[4:], seq0+uint32(lo))
@@ -176,7 +180,7 @@ func segmentTCP(pkt []byte, h tsoHeaders, mss int, out [][]byte, lens []int) {
 		// The field holds the driver's seed: the pseudo-header sum with
 		// a length of 0. Summing it with the segment and the segment's
 		// TCP length gives the full pseudo-header checksum.
-		binary.BigEndian.PutUint16(tcp[16:], ^fold(onesSum(tcp, uint32(len(tcp)))))
+		binary.BigEndian.PutUint16(tcp[16:], ^uint16(wire.Sum(tcp, uint32(len(tcp)))))
 	}
 }
 
@@ -217,12 +221,12 @@ func PrepareTSO(f []byte, hlen int) bool {
 	}
 	var sum uint32
 	if h.v6 {
-		sum = onesSum(f[h.l3+8:h.l3+40], protoTCP) // source and destination
+		sum = wire.Sum(f[h.l3+8:h.l3+40], protoTCP) // source and destination
 	} else {
 		f[h.l3+10], f[h.l3+11] = 0, 0
-		sum = onesSum(f[h.l3+12:h.l3+20], protoTCP)
+		sum = wire.Sum(f[h.l3+12:h.l3+20], protoTCP)
 	}
-	binary.BigEndian.PutUint16(f[h.l4+16:], fold(sum))
+	binary.BigEndian.PutUint16(f[h.l4+16:], uint16(sum))
 	return true
 }
 
@@ -243,7 +247,7 @@ func FinishChecksum(f []byte, start, at int) bool {
 	if start < 0 || at < start || start > len(f) || at+2 > len(f) {
 		return false
 	}
-	c := ^fold(onesSum(f[start:], 0))
+	c := ^uint16(wire.Sum(f[start:], 0))
 	if c == 0 {
 		// RFC 768: a UDP checksum that computes to zero is sent as 0xFFFF
 		// (0 means "no checksum"); for TCP both encode zero.
@@ -251,38 +255,4 @@ func FinishChecksum(f []byte, start, at int) bool {
 	}
 	f[at], f[at+1] = byte(c>>8), byte(c)
 	return true
-}
-
-// onesSum adds b as big-endian 16-bit words (RFC 1071) to sum, returning
-// a value whose fold is the ones'-complement sum. It adds 32-bit words
-// into 64 bits, eight bytes a round: 2^16 ≡ 1 modulo 2^16-1, so the fold of
-// a sum of 32-bit words equals the sum of their 16-bit halves.
-func onesSum(b []byte, sum uint32) uint32 {
-	acc := uint64(sum)
-	for len(b) >= 8 {
-		acc += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
-		b = b[8:]
-	}
-	if len(b) >= 4 {
-		acc += uint64(binary.BigEndian.Uint32(b))
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		acc += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint64(b[0]) << 8
-	}
-	// 2^32 ≡ 1 as well: fold the carries back in twice.
-	acc = acc&0xFFFFFFFF + acc>>32
-	acc = acc&0xFFFFFFFF + acc>>32
-	return uint32(acc)
-}
-
-func fold(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }

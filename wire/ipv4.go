@@ -161,6 +161,12 @@ func Checksum(data []byte, initial uint32) uint16 {
 	return ^fold(sum(data, uint64(initial)))
 }
 
+// Sum returns the one's complement sum (RFC 1071) of data's big-endian
+// 16-bit words added to initial, folded to 16 bits and not complemented: a
+// partial sum to pass on as another Sum's or Checksum's initial value. A
+// header that holds its own checksum sums to 0xFFFF.
+func Sum(data []byte, initial uint32) uint32 { return uint32(fold(sum(data, uint64(initial)))) }
+
 // sum adds data to acc as a one's complement sum in 64-bit words. Because
 // 2^16-1 divides 2^64-1, the end-around carries of a 64-bit sum fold to the
 // same 16-bit result as RFC 1071's word-by-word sum (RFC 1071 §2(C)), at a

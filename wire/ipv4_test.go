@@ -361,3 +361,25 @@ func TestBuildICMPEchoFrame(t *testing.T) {
 		t.Errorf("BuildICMPEchoFrame with oversized data = %d, want 0", n)
 	}
 }
+
+// TestSumChains: a partial Sum passed on as the next one's initial value
+// gives the sum of the whole (split at even offsets), and its complement
+// is Checksum's.
+func TestSumChains(t *testing.T) {
+	b := make([]byte, 1501)
+	for i := range b {
+		b[i] = byte(i*31 + 7)
+	}
+	whole := Sum(b, 0)
+	for _, k := range []int{0, 2, 8, 20, 64, 1000, 1500} {
+		if got := Sum(b[k:], Sum(b[:k], 0)); got != whole {
+			t.Errorf("split at %d: %#x, want %#x", k, got, whole)
+		}
+	}
+	if ^uint16(whole) != Checksum(b, 0) {
+		t.Errorf("^Sum = %#x, Checksum = %#x", ^uint16(whole), Checksum(b, 0))
+	}
+	if whole > 0xffff {
+		t.Errorf("Sum %#x is not folded to 16 bits", whole)
+	}
+}

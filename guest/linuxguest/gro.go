@@ -72,11 +72,11 @@ func tcp4Segment(f []byte) (hlen int, ok bool) {
 	if doff < 20 || l4+doff >= len(f) || flags&^0x08 != 0x10 { // ACK, maybe PSH
 		return 0, false
 	}
-	if fold16(sum16(ip[:20], 0)) != 0xFFFF {
+	if uint16(wire.Sum(ip[:20], 0)) != 0xFFFF {
 		return 0, false
 	}
-	pseudo := sum16(ip[12:20], 6+uint32(len(f)-l4))
-	if fold16(sum16(f[l4:], pseudo)) != 0xFFFF {
+	pseudo := wire.Sum(ip[12:20], 6+uint32(len(f)-l4))
+	if uint16(wire.Sum(f[l4:], pseudo)) != 0xFFFF {
 		return 0, false
 	}
 	return l4 + doff, true
@@ -136,8 +136,8 @@ func (g *groRun) frame() (b []byte, segs, bytes int) {
 		ip := f[l3:]
 		binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-l3))
 		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:], ^fold16(sum16(ip[:20], 0)))
-		binary.BigEndian.PutUint16(f[l4+16:], fold16(sum16(ip[12:20], 6+uint32(len(f)-l4))))
+		binary.BigEndian.PutUint16(ip[10:], ^uint16(wire.Sum(ip[:20], 0)))
+		binary.BigEndian.PutUint16(f[l4+16:], uint16(wire.Sum(ip[12:20], 6+uint32(len(f)-l4))))
 		h[0], h[1] = vnetFlagNeedsCsum, vnetGSOTCPv4
 		binary.LittleEndian.PutUint16(h[2:], uint16(g.hlen))
 		binary.LittleEndian.PutUint16(h[4:], uint16(g.mss))
@@ -147,35 +147,4 @@ func (g *groRun) frame() (b []byte, segs, bytes int) {
 	b, segs, bytes = g.b[:vnetHdrLen+g.n], g.segs, g.bytes
 	g.n, g.segs, g.bytes = 0, 0, 0
 	return b, segs, bytes
-}
-
-// sum16 adds b as big-endian 16-bit words to s (RFC 1071), 32 bits at a
-// time into 64 (2^16 ≡ 1 modulo 2^16-1), and returns it folded to 32 bits.
-func sum16(b []byte, s uint32) uint32 {
-	acc := uint64(s)
-	for len(b) >= 8 {
-		acc += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
-		b = b[8:]
-	}
-	if len(b) >= 4 {
-		acc += uint64(binary.BigEndian.Uint32(b))
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		acc += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint64(b[0]) << 8
-	}
-	acc = acc&0xFFFFFFFF + acc>>32
-	acc = acc&0xFFFFFFFF + acc>>32
-	return uint32(acc)
-}
-
-func fold16(s uint32) uint16 {
-	for s>>16 != 0 {
-		s = s&0xFFFF + s>>16
-	}
-	return uint16(s)
 }
