@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sort"
 	"sync"
@@ -117,8 +118,9 @@ func (r *jobReporter) send() {
 		ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
 		err := r.c.Update(ctx, manager.KindMigrations, m.Name, &m, nil)
 		cancel()
-		if err == nil {
-			return
+		var ce *client.Error
+		if err == nil || errors.As(err, &ce) && ce.Status < 500 {
+			return // written, or refused: retrying cannot help
 		}
 		time.Sleep(200 * time.Millisecond) // the manager is away: retry
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -216,6 +217,27 @@ func (f *fabricProcs) hostStatus() (map[string]agent.HostStatus, map[string]bool
 		}
 	}
 	return st, up
+}
+
+// receivedFrames sums the probe frames the guests of the host agent
+// serving metrics at addr received (0 if it cannot be scraped).
+func receivedFrames(addr string) float64 {
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	var n float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, `vmfex_guest_traffic_frames_total{direction="received"`) {
+			if i := strings.LastIndexByte(line, ' '); i > 0 {
+				v, _ := strconv.ParseFloat(line[i+1:], 64)
+				n += v
+			}
+		}
+	}
+	return n
 }
 
 // fiStatus returns what the FI agent last reported.
@@ -431,7 +453,12 @@ func TestAgentsEndToEnd(t *testing.T) {
 	// restart every object is there and the agents report again.
 	before, _ := f.stats()
 	f.kill9("manager")
-	time.Sleep(500 * time.Millisecond) // traffic runs headless for a while
+	// Headless: esx1's guests keep receiving, as its own /metrics (which
+	// needs no manager) shows.
+	atKill := receivedFrames(hostMetrics)
+	f.waitFor("esx1's guests receiving without the manager", func() bool {
+		return receivedFrames(hostMetrics) > atKill+1000
+	})
 	f.startManager()
 	out := f.must("show", "vm")
 	for _, name := range []string{"web-1", "web-2", "web-3", "big-1", "lone-3", "stub-4"} {
